@@ -1,0 +1,192 @@
+"""Read feature files: our HDF5 format (DESIGN.md §3) behind one small interface.
+
+``FeatureStore.open(path)`` picks the reader from what is on disk; every reader answers the same questions:
+``ids``, ``len``, ``id in store``, ``store.get(id)`` and batched ``store.get_many(ids)`` returning
+:class:`Features` (numpy arrays, one row per requested id, in the requested order).
+
+Our format (written by ``clip_prepro_feats.py``)::
+
+    ids   (N,)       UTF-8 strings
+    fc    (N, D)     CLIP embedding as encode_image / encode_text returns it (not normalised)
+    grid  (N, T, C)  images only: ResNet layer4 map row-major over (h, w), or ViT final-block patch tokens
+    attrs            format_version, backbone, image_size, grid_hw, fc_dim, grid_dim, dtype, modality, ...
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+FORMAT_NAME = "vlt5-retrieval/features"
+FORMAT_VERSION = 1
+
+
+class FeatureFileError(ValueError):
+    """A feature file is missing, malformed, or lacks a requested id. The message names the file and what was
+    expected."""
+
+
+@dataclass
+class Features:
+    """Arrays for a batch of ids (row i belongs to ``ids[i]``). Absent parts are ``None``."""
+
+    ids: list[str]
+    fc: np.ndarray | None = None  # (B, D)
+    grid: np.ndarray | None = None  # (B, T, C)
+    boxes: np.ndarray | None = None  # (B, T, 4) x1, y1, x2, y2 normalised to [0, 1], when the layout has them
+
+
+def decode_attr(value: Any) -> Any:
+    """HDF5 attributes come back as numpy scalars/arrays or bytes; return plain Python values."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8")
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, str) and value[:1] in "[{":
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError:
+            return value
+    return value
+
+
+class FeatureStore:
+    """Base class and factory. Subclasses implement ``ids``, ``attrs`` and ``_read(rows)``."""
+
+    path: Path
+
+    @staticmethod
+    def open(path: str | Path) -> FeatureStore:
+        """Open ``path`` with the reader that matches its layout (our HDF5, or a legacy layout)."""
+        path = Path(path)
+        if not path.exists():
+            raise FeatureFileError(f"{path}: no such feature file or directory")
+        if path.is_file() and h5py.is_hdf5(path):
+            with h5py.File(path, "r") as f:
+                ours = "ids" in f and "fc" in f
+            if ours:
+                return H5FeatureStore(path)
+        from feature_extraction import legacy  # legacy layouts: VL-T5 / VL_adapter HDF5, CLIP-ViL npy/npz
+
+        return legacy.open_legacy(path)
+
+    # -- interface -----------------------------------------------------------------------------------------
+    @property
+    def ids(self) -> list[str]:
+        raise NotImplementedError
+
+    @property
+    def attrs(self) -> dict[str, Any]:
+        return {}
+
+    def get_many(self, ids: Sequence[str]) -> Features:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+    # -- shared behaviour ----------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __contains__(self, item_id: object) -> bool:
+        return item_id in self._index
+
+    @property
+    def _index(self) -> dict[str, int]:
+        if not hasattr(self, "_index_cache"):
+            self._index_cache = {i: n for n, i in enumerate(self.ids)}
+        return self._index_cache
+
+    def rows(self, ids: Sequence[str]) -> np.ndarray:
+        """Row numbers of ``ids``; a missing id raises :class:`FeatureFileError` naming it and the file."""
+        index = self._index
+        missing = [i for i in ids if i not in index]
+        if missing:
+            shown = ", ".join(repr(m) for m in missing[:5]) + (" ..." if len(missing) > 5 else "")
+            raise FeatureFileError(f"{self.path}: {len(missing)} id(s) not in this feature file: {shown}")
+        return np.fromiter((index[i] for i in ids), dtype=np.int64, count=len(ids))
+
+    def get(self, item_id: str) -> Features:
+        return self.get_many([item_id])
+
+    def batches(self, batch_size: int = 1024) -> Iterator[Features]:
+        """All items in file order, ``batch_size`` at a time (bounded memory)."""
+        ids = self.ids
+        for start in range(0, len(ids), batch_size):
+            yield self.get_many(ids[start : start + batch_size])
+
+    def __enter__(self) -> FeatureStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({str(self.path)!r}, n={len(self)})"
+
+
+class H5FeatureStore(FeatureStore):
+    """Our contiguous HDF5 layout. Reads sorted row slices (HDF5 fancy indexing needs increasing indices)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._file = h5py.File(self.path, "r")
+        try:
+            self._ids = [s.decode("utf-8") if isinstance(s, bytes) else str(s) for s in self._file["ids"][:]]
+            self._attrs = {k: decode_attr(v) for k, v in self._file.attrs.items()}
+            n_fc = self._file["fc"].shape[0]
+            if n_fc != len(self._ids) or ("grid" in self._file and self._file["grid"].shape[0] != n_fc):
+                raise FeatureFileError(f"{self.path}: ids, fc and grid must have the same number of rows")
+        except KeyError as exc:
+            self._file.close()
+            raise FeatureFileError(f"{self.path}: not a vlt5-retrieval feature file ({exc})") from exc
+
+    @property
+    def ids(self) -> list[str]:
+        return self._ids
+
+    @property
+    def attrs(self) -> dict[str, Any]:
+        return self._attrs
+
+    @property
+    def has_grid(self) -> bool:
+        return "grid" in self._file
+
+    def get_many(self, ids: Sequence[str]) -> Features:
+        ids = list(ids)
+        rows = self.rows(ids)
+        order = np.argsort(rows, kind="stable")
+        sorted_rows = rows[order]
+        unique_rows, inverse = np.unique(sorted_rows, return_inverse=True)
+        back = np.empty_like(order)
+        back[order] = np.arange(len(order))
+
+        def read(name: str) -> np.ndarray:
+            data = self._file[name][unique_rows] if len(unique_rows) else self._file[name][:0]
+            return data[inverse][back]
+
+        return Features(ids=ids, fc=read("fc"), grid=read("grid") if self.has_grid else None)
+
+    def batches(self, batch_size: int = 1024) -> Iterator[Features]:
+        """Contiguous slices in file order: one HDF5 read per dataset per batch."""
+        for start in range(0, len(self._ids), batch_size):
+            stop = min(start + batch_size, len(self._ids))
+            grid = self._file["grid"][start:stop] if self.has_grid else None
+            yield Features(ids=self._ids[start:stop], fc=self._file["fc"][start:stop], grid=grid)
+
+    def close(self) -> None:
+        if self._file.id.valid:
+            self._file.close()
