@@ -165,6 +165,13 @@ class H5FeatureStore(FeatureStore):
     def has_grid(self) -> bool:
         return "grid" in self._file
 
+    def shape(self, name: str) -> tuple[int, ...]:
+        """Shape of dataset ``name`` (``"fc"``, ``"grid"``) without reading it."""
+        return tuple(self._file[name].shape)
+
+    def dtype(self, name: str) -> np.dtype:
+        return self._file[name].dtype
+
     def get_many(self, ids: Sequence[str]) -> Features:
         ids = list(ids)
         rows = self.rows(ids)

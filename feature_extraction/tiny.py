@@ -21,7 +21,12 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["TinyClipSpec", "TINY_VIT", "TINY_RESNET", "VIT_B32", "make_openai_clip", "make_hf_clip"]
+__all__ = ["TinyClipSpec", "TINY_VIT", "TINY_RESNET", "VIT_B32", "make_openai_clip", "make_hf_clip", "photo",
+           "make_image_folder"]
+
+# Colour photographs bundled with scikit-image (no download needed).
+PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry", "retina",
+          "colorwheel", "stereo_motorcycle")
 
 
 @dataclass(frozen=True)
@@ -121,3 +126,41 @@ def make_hf_clip(directory: str | Path, seed: int = 0, image_size: int = 32, n_m
     (directory / "TINY.json").write_text(json.dumps({"made_by": "feature_extraction.tiny.make_hf_clip",
                                                      "seed": seed}))
     return directory
+
+
+def photo(index: int) -> "np.ndarray":
+    """Bundled scikit-image colour photo number ``index`` (modulo the list), as an (H, W, 3) uint8 array."""
+    import skimage.data
+
+    image = getattr(skimage.data, PHOTOS[index % len(PHOTOS)])()
+    return image[0] if isinstance(image, tuple) else image  # stereo_motorcycle returns (left, right, disparity)
+
+
+def make_image_folder(directory: str | Path, n: int, size: tuple[int, int] = (500, 375), seed: int = 0,
+                      suffix: str = ".jpg", subdirs: int = 0) -> list[Path]:
+    """Write ``n`` distinct realistic photos (random crops + flips of the bundled photos, resized to ``size``).
+
+    Files are ``img_00000.jpg`` ... (or spread over ``subdirs`` sub-folders ``d0/``, ``d1/``...); JPEG quality 90.
+    """
+    import numpy as np
+    from PIL import Image
+
+    directory = Path(directory)
+    rng = np.random.default_rng(seed)
+    bases = [Image.fromarray(photo(i)) for i in range(len(PHOTOS))]
+    paths = []
+    for i in range(n):
+        base = bases[i % len(bases)]
+        w, h = base.size
+        scale = rng.uniform(0.5, 1.0)
+        cw, ch = max(8, int(w * scale)), max(8, int(h * scale))
+        x0, y0 = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+        image = base.crop((x0, y0, x0 + cw, y0 + ch)).resize(size, Image.BICUBIC)
+        if rng.random() < 0.5:
+            image = image.transpose(Image.FLIP_LEFT_RIGHT)
+        folder = directory / f"d{i % subdirs}" if subdirs else directory
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"img_{i:05d}{suffix}"
+        image.save(path, quality=90) if suffix in (".jpg", ".jpeg") else image.save(path)
+        paths.append(path)
+    return paths

@@ -1,0 +1,114 @@
+"""Typed configuration of one extraction run, validated on construction, and the user-error type.
+
+Follows the litgpt habit (``Config`` dataclass validated in ``__post_init__``); the CLI in
+``clip_prepro_feats.py`` only maps flags onto :class:`ExtractConfig`.  Sharding follows torchrun's environment
+contract (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``) when no explicit ``--num-shards/--shard-id`` is given.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+DTYPES = ("float16", "float32")
+DEFAULT_MAX_PIXELS = 89_478_485  # PIL's own default Image.MAX_IMAGE_PIXELS (~ 0.25 GB of 24-bit pixels)
+
+
+class UsageError(Exception):
+    """A mistake the user can fix (missing input, unknown backbone, incompatible append). The CLI prints the
+    message on one line and exits with status 2; it never shows a traceback for these."""
+
+
+@dataclass(frozen=True)
+class ShardSpec:
+    """This process writes contiguous block ``shard_id`` of ``num_shards`` (0-based)."""
+
+    num_shards: int = 1
+    shard_id: int = 0
+
+    def __post_init__(self) -> None:
+        if self.num_shards < 1 or not 0 <= self.shard_id < self.num_shards:
+            raise UsageError(f"shard id must be in [0, num_shards); got shard {self.shard_id} of {self.num_shards}")
+
+    def output_path(self, out: Path) -> Path:
+        """``feats.h5`` -> ``feats-00001-of-00004.h5`` for shard 1 of 4 (0-based ids); unchanged when unsharded."""
+        if self.num_shards == 1:
+            return out
+        return out.with_name(f"{out.stem}-{self.shard_id:05d}-of-{self.num_shards:05d}{out.suffix}")
+
+
+def resolve_shard(num_shards: int | None, shard_id: int | None, env: Mapping[str, str] = os.environ) -> ShardSpec:
+    """Explicit flags win; otherwise torchrun's ``RANK``/``WORLD_SIZE``; otherwise one shard."""
+    if (num_shards is None) != (shard_id is None):
+        raise UsageError("--num-shards and --shard-id go together (or neither, to use torchrun's RANK/WORLD_SIZE)")
+    if num_shards is not None and shard_id is not None:
+        return ShardSpec(num_shards, shard_id)
+    if "WORLD_SIZE" in env and "RANK" in env:
+        return ShardSpec(int(env["WORLD_SIZE"]), int(env["RANK"]))
+    return ShardSpec()
+
+
+def resolve_device(device: str, env: Mapping[str, str] = os.environ) -> str:
+    """``auto`` -> ``cuda:LOCAL_RANK`` when CUDA is available, else ``cpu``; a bare ``cuda`` also takes
+    ``LOCAL_RANK`` so that each torchrun process uses its own GPU."""
+    import torch
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda":
+        device = f"cuda:{int(env.get('LOCAL_RANK', 0))}"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"--device {device}: CUDA is not available on this machine")
+    return device
+
+
+@dataclass(frozen=True)
+class ExtractConfig:
+    """Everything one run needs. Exactly one of ``images``, ``image_list``, ``texts`` is set."""
+
+    out: Path
+    backbone: str
+    images: Path | None = None
+    image_list: Path | None = None
+    texts: Path | None = None
+    batch_size: int = 64
+    num_workers: int = 4
+    device: str = "auto"
+    dtype: str = "float16"
+    image_size: int | None = None
+    grid: bool = True
+    shard: ShardSpec = ShardSpec()
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    chunk_size: int = 1024  # items per committed spool chunk, rounded up to whole batches
+    retry_skipped: bool = False
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        given = [p for p in (self.images, self.image_list, self.texts) if p is not None]
+        if len(given) != 1:
+            raise UsageError("give exactly one input: --images DIR, --image-list FILE or --texts FILE.jsonl")
+        if self.images is not None and not Path(self.images).is_dir():
+            raise UsageError(f"--images {self.images}: no such directory")
+        for flag, path in (("--image-list", self.image_list), ("--texts", self.texts)):
+            if path is not None and not Path(path).is_file():
+                raise UsageError(f"{flag} {path}: no such file")
+        if self.dtype not in DTYPES:
+            raise UsageError(f"--dtype must be one of {DTYPES}, got {self.dtype!r}")
+        if self.batch_size < 1 or self.num_workers < 0 or self.chunk_size < 1 or self.max_pixels < 1:
+            raise UsageError("--batch-size, --chunk-size and --max-pixels must be >= 1, --num-workers >= 0")
+        if self.image_size is not None and self.image_size < 8:
+            raise UsageError(f"--image-size {self.image_size} is too small")
+        if Path(self.out).suffix != ".h5":
+            raise UsageError(f"--out {self.out}: the output must be an .h5 file")
+        if not Path(self.out).resolve().parent.is_dir():
+            raise UsageError(f"--out {self.out}: directory {Path(self.out).parent} does not exist")
+
+    @property
+    def modality(self) -> str:
+        return "text" if self.texts is not None else "image"
+
+    @property
+    def batches_per_chunk(self) -> int:
+        return max(1, -(-self.chunk_size // self.batch_size))
