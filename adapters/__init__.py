@@ -49,8 +49,9 @@ def inject(model: nn.Module, cfg: AdapterConfig) -> list[str]:
 
 
 def config_to_dict(cfg: AdapterConfig) -> dict[str, Any]:
-    """``{"method": ..., fields...}`` (JSON-ready)."""
-    return {"method": type(cfg).method, **dataclasses.asdict(cfg)}
+    """``{"method": ..., fields...}`` (JSON-ready: tuples become lists)."""
+    fields = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(cfg).items()}
+    return {"method": type(cfg).method, **fields}
 
 
 def config_from_dict(data: dict[str, Any]) -> AdapterConfig:

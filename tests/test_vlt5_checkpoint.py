@@ -9,7 +9,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 from transformers import T5EncoderModel
-from vlt5_fixtures import PARITY_PTH, load_parity_encoder, reference, run_regime, tiny_t5_dir  # noqa: F401
+from vlt5_fixtures import (PARITY_PTH, load_parity_encoder, one_torch_thread, reference, run_regime,  # noqa: F401
+                           tiny_t5_dir)
 
 from vlt5 import CheckpointError, ConfigError, JointEncoder, VLT5Config
 from vlt5.tiny import TINY_SP_PIECES, TINY_VOCAB, tiny_config
@@ -48,6 +49,7 @@ def test_missing_and_extra_keys_are_errors_that_name_them(tmp_path: Path) -> Non
     del state["module.encoder.block.1.layer.1.DenseReluDense.wo.weight"]
     state["module.encoder.block.0.layer.0.SelfAttention.adapter_thing.weight"] = torch.zeros(3)
     state["module.visual_head.bias"] = torch.zeros(2)
+    state["module.answer_head.0.weight"] = torch.zeros(2)  # a fine-tuned VQA classifier: ignored, not unexpected
     path = save_state(state, tmp_path / "broken.pth")
     with pytest.raises(CheckpointError) as info:
         JointEncoder.from_vlt5_checkpoint(path)
@@ -59,6 +61,7 @@ def test_missing_and_extra_keys_are_errors_that_name_them(tmp_path: Path) -> Non
     assert sorted(report.unexpected) == ["encoder.block.0.layer.0.SelfAttention.adapter_thing.weight",
                                          "visual_head.bias"]
     assert len(report.kept) == ENCODER_TENSORS - 1
+    assert report.ignored["answer_head.0.weight"].startswith("answer_head")
 
     enc, lenient = JointEncoder.from_vlt5_checkpoint(path, strict=False)
     assert lenient.missing == report.missing and lenient.unexpected == report.unexpected

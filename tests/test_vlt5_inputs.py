@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
-from vlt5_fixtures import FC_DIM, load_parity_encoder, tiny_feature_file, tiny_tok_dir  # noqa: F401
+from vlt5_fixtures import (FC_DIM, load_parity_encoder, one_torch_thread, tiny_feature_file,  # noqa: F401
+                           tiny_tok_dir)
 
 from feature_extraction.store import FeatureStore
 from vlt5.inputs import QueryCollator, VisualInputConfig, grid_cell_boxes, visual_inputs

@@ -13,7 +13,8 @@ from collections.abc import Callable
 import pytest
 import torch
 from torch import nn
-from vlt5_fixtures import REQUIRED_REGIMES, load_parity_encoder, load_reference, reference, run_regime  # noqa: F401
+from vlt5_fixtures import (REQUIRED_REGIMES, load_parity_encoder, load_reference, one_torch_thread,  # noqa: F401
+                           reference, run_regime)
 from transformers.models.t5.modeling_t5 import T5Attention, T5LayerNorm
 
 import vlt5.modeling as modeling

@@ -66,6 +66,15 @@ def write_feature_file(path: Path, n_grid: int = 9, grid_dim: int = 16, fc_dim: 
     return path
 
 
+@pytest.fixture(autouse=True)
+def one_torch_thread() -> object:
+    """Tiny models run fastest on one thread, and far slower with two threads on a busy 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def reference() -> dict[str, dict[str, torch.Tensor]]:
     return load_reference()

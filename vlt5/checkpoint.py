@@ -3,9 +3,10 @@
 VL-T5 saves ``torch.save(model.state_dict())`` of the whole seq2seq model (j-min/VL-T5 ``trainer_base.save``),
 under DDP with a ``module.`` prefix, and loads with ``load_state_dict(strict=False)`` after renaming legacy
 ``vis_encoder.`` keys (``trainer_base.load_checkpoint``). We keep ``shared.weight`` and ``encoder.*``, drop the
-decoder, ``lm_head`` and the stray ``encoder.visual_embedding.layer_norm.weight`` of the released
-``Epoch30.pth``, recognise the tied copies of ``shared`` (``encoder.embed_tokens``,
-``encoder.visual_embedding.obj_order_embedding``, ``decoder.embed_tokens``), and report all of it. Anything
+decoder, ``lm_head``, a fine-tuned model's ``answer_head`` and the stray
+``encoder.visual_embedding.layer_norm.weight`` of the released ``Epoch30.pth``, recognise the tied copies of
+``shared`` (``encoder.embed_tokens``, ``encoder.visual_embedding.obj_order_embedding``, ``decoder.embed_tokens``),
+and report all of it. Anything
 missing, unexpected or of the wrong shape is an error naming the keys (``strict=False`` downgrades it to a
 warning; the report is attached to the error either way). Files are read with ``torch.load(weights_only=True)``
 or safetensors — never unpickled.
@@ -87,7 +88,8 @@ class LoadReport:
         for reason in self.ignored.values():
             by_reason[reason] = by_reason.get(reason, 0) + 1
         lines = [f"LoadReport({self.path})",
-                 f"  prefix stripped: {self.prefix_stripped!r}; legacy vis_encoder. keys renamed: {self.renamed_legacy}",
+                 f"  prefix stripped: {self.prefix_stripped!r}; "
+                 f"legacy vis_encoder. keys renamed: {self.renamed_legacy}",
                  f"  kept: {len(self.kept)} encoder tensors",
                  f"  new (extensions VL-T5 does not have, freshly initialised): {self.new or 'none'}",
                  f"  tied copies of shared.weight (checked equal, not stored twice): {self.tied}"]
@@ -190,6 +192,8 @@ def classify_keys(state: dict[str, Tensor], model_state: dict[str, Tensor], repo
             report.ignored[key] = "decoder (the joint encoder has none)"
         elif key == "lm_head.weight":
             report.ignored[key] = "lm_head (decoder output projection)"
+        elif key.startswith("answer_head."):
+            report.ignored[key] = "answer_head (classifier of a fine-tuned VL-T5 VQA model)"
         else:
             report.unexpected.append(key)
     absent = sorted(set(model_state) - set(keep) - {k for k, _, _ in report.mismatched})

@@ -36,8 +36,8 @@ _VERB = ["is", "designed", "painted", "built", "shows", "holds", "wears", "owns"
 _THING = ["the building", "this bridge", "the red bus", "that statue", "the animal", "this painting",
           "the tower", "a player", "the church", "the river", "a yellow kite", "the mountain", "this castle",
           "the giraffe", "a wooden boat", "the fountain", "the museum", "a famous singer", "the cathedral"]
-_TAIL = ["in the picture", "here", "at night", "near the lake", "in this photo", "during winter", "from the jungle", "quickly",
-         "next to the zebra", "behind the fence", "on the left", ""]
+_TAIL = ["in the picture", "here", "at night", "near the lake", "in this photo", "during winter", "from the jungle",
+         "quickly", "next to the zebra", "behind the fence", "on the left", ""]
 
 
 def tiny_sentences() -> list[str]:
