@@ -1,0 +1,88 @@
+"""ranx metrics against hand computation on a small run, and the evaluate CLI (tables, JSON, significance)."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from retrieval.evaluate import main as evaluate_main
+from retrieval.formats import Query, write_jsonl, write_trec_qrels, write_trec_run
+from retrieval.metrics import canonical_metric, compare_runs, evaluate_run
+
+REPO = Path(__file__).resolve().parents[1]
+
+# q1 relevant {a, b}; q2 relevant {c}; q3 relevant {z} (never retrieved); q4 is not judged (ignored)
+QRELS = {"q1": {"a": 1, "b": 1}, "q2": {"c": 1}, "q3": {"z": 1}}
+RUN = {
+    "q1": {"x": 0.9, "a": 0.8, "y": 0.7, "b": 0.6},  # ranks: x a y b  → relevant at 2 and 4
+    "q2": {"c": 0.5, "w": 0.4},  # relevant at 1
+    "q3": {"u": 0.3},  # nothing relevant
+    "q4": {"a": 1.0},
+}
+
+
+def test_metrics_equal_hand_computation() -> None:
+    got = evaluate_run(RUN, QRELS, ["mrr@10", "P@2", "R@2", "recall@4", "hit@1", "hit_rate@3", "ndcg@4"])
+    log2 = math.log2
+    ndcg_q1 = (1 / log2(3) + 1 / log2(5)) / (1 / log2(2) + 1 / log2(3))  # gains at ranks 2, 4; ideal at 1, 2
+    hand = {
+        "mrr@10": (1 / 2 + 1 / 1 + 0) / 3,
+        "precision@2": (1 / 2 + 1 / 2 + 0) / 3,
+        "recall@2": (1 / 2 + 1 + 0) / 3,
+        "recall@4": (2 / 2 + 1 + 0) / 3,
+        "hit_rate@1": (0 + 1 + 0) / 3,
+        "hit_rate@3": (1 + 1 + 0) / 3,
+        "ndcg@4": (ndcg_q1 + 1.0 + 0) / 3,
+    }
+    assert got == pytest.approx(hand, abs=1e-9)
+
+
+def test_queries_missing_from_the_run_score_zero() -> None:
+    partial = {"q2": RUN["q2"]}
+    assert evaluate_run(partial, QRELS, ["mrr@10"])["mrr@10"] == pytest.approx(1 / 3)
+    per_query = evaluate_run(partial, QRELS, ["mrr@10"], per_query=True)["mrr@10"]
+    assert per_query == {"q1": 0.0, "q2": 1.0, "q3": 0.0}
+
+
+def test_metric_names() -> None:
+    assert canonical_metric("MRR@10") == "mrr@10"
+    assert canonical_metric("hits@5") == "hit_rate@5"
+    assert canonical_metric("ndcg") == "ndcg"
+    with pytest.raises(ValueError, match="unknown metric 'bleu@4'"):
+        canonical_metric("bleu@4")
+
+
+def test_compare_runs_reports_significance() -> None:
+    rng = np.random.default_rng(0)
+    qrels = {f"q{i}": {f"d{i}": 1} for i in range(60)}
+    good = {q: {f"d{i}": 1.0, "noise": 0.5} for i, q in enumerate(qrels)}  # always rank 1
+    bad = {q: {"noise": 1.0, **({f"d{i}": 0.5} if rng.random() < 0.3 else {})} for i, q in enumerate(qrels)}
+    out = compare_runs({"good": good, "bad": bad}, qrels, ["mrr@10"], stat_test="student")
+    assert out["means"]["good"]["mrr@10"] == 1.0 and out["means"]["bad"]["mrr@10"] < 0.3
+    assert out["p_values"]["good"]["bad"]["mrr@10"] < 0.01
+    assert out["win_tie_loss"]["good"]["bad"]["mrr@10"]["L"] == 0
+    assert "good" in out["table"] and "MRR@10" in out["table"]
+
+
+def test_evaluate_cli(tmp_path) -> None:
+    queries = [Query(id=q, question="?", image=None, positives=list(d)) for q, d in QRELS.items()]
+    write_jsonl(tmp_path / "q.jsonl", queries)
+    write_trec_qrels(tmp_path / "qrels.txt", QRELS)
+    write_trec_run(tmp_path / "a.trec", RUN)
+    write_trec_run(tmp_path / "b.trec", {"q1": {"a": 1.0}, "q2": {"c": 1.0}, "q3": {"z": 1.0}})
+    for qrels in ("q.jsonl", "qrels.txt"):
+        out = tmp_path / f"{qrels}.json"
+        assert evaluate_main(["--qrels", str(tmp_path / qrels), "--runs", str(tmp_path / "a.trec"),
+                              str(tmp_path / "b.trec"), "--metrics", "mrr@10", "r@2", "--json", str(out)]) == 0
+        result = json.loads(out.read_text())
+        assert result["means"]["a"]["mrr@10"] == pytest.approx(0.5)
+        assert result["means"]["b"]["recall@2"] == pytest.approx((1 / 2 + 1 + 1) / 3)
+    proc = subprocess.run([sys.executable, str(REPO / "retrieval" / "evaluate.py"), "--qrels", str(tmp_path / "q.jsonl"),
+                           "--runs", str(tmp_path / "a.trec"), "--metrics", "bleu"], capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stderr.startswith("error: unknown metric") and "Traceback" not in proc.stderr
