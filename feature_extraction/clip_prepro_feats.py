@@ -20,7 +20,7 @@ if not __package__:  # run as a script: import the package, not this folder's mo
 import argparse
 import logging
 
-from feature_extraction.config import DEFAULT_MAX_PIXELS, ExtractConfig, UsageError, resolve_shard
+from feature_extraction.config import DEFAULT_MAX_PIXELS, ExtractConfig, UsageError, report_error, resolve_shard
 
 
 class _Parser(argparse.ArgumentParser):
@@ -40,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "OpenAI-format .pt, or hf:<dir or hub id>")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--num-workers", type=int, default=4, help="DataLoader workers decoding + preprocessing")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: CPUs minus --num-workers, >= 1)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (torchrun: cuda:LOCAL_RANK)")
     p.add_argument("--dtype", default="float16", choices=["float16", "float32"], help="stored dtype")
     p.add_argument("--image-size", type=int, help="input size; non-native sizes interpolate positional embeddings")
@@ -57,10 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace) -> ExtractConfig:
     return ExtractConfig(
         out=args.out, backbone=args.backbone, images=args.images, image_list=args.image_list, texts=args.texts,
-        batch_size=args.batch_size, num_workers=args.num_workers, device=args.device, dtype=args.dtype,
-        image_size=args.image_size, grid=not args.no_grid, shard=resolve_shard(args.num_shards, args.shard_id),
-        max_pixels=args.max_pixels, chunk_size=args.chunk_size, retry_skipped=args.retry_skipped,
-        progress=not args.no_progress)
+        batch_size=args.batch_size, num_workers=args.num_workers, threads=args.threads, device=args.device,
+        dtype=args.dtype, image_size=args.image_size, grid=not args.no_grid,
+        shard=resolve_shard(args.num_shards, args.shard_id), max_pixels=args.max_pixels, chunk_size=args.chunk_size,
+        retry_skipped=args.retry_skipped, progress=not args.no_progress)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -80,8 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         except FeatureFileError as exc:
             raise UsageError(str(exc)) from exc
     except UsageError as exc:
-        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
-        return 2
+        return report_error(exc)
     except KeyboardInterrupt:
         print("interrupted: rerun the same command to resume", file=sys.stderr)
         return 130

@@ -8,6 +8,7 @@ contract (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``) when no explicit ``--num-sha
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,12 @@ DEFAULT_MAX_PIXELS = 89_478_485  # PIL's own default Image.MAX_IMAGE_PIXELS (~ 0
 class UsageError(Exception):
     """A mistake the user can fix (missing input, unknown backbone, incompatible append). The CLI prints the
     message on one line and exits with status 2; it never shows a traceback for these."""
+
+
+def report_error(exc: Exception) -> int:
+    """What every CLI here does with a user error: one ``error: ...`` line on stderr, exit status 2."""
+    print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
+    return 2
 
 
 @dataclass(frozen=True)
@@ -75,6 +82,7 @@ class ExtractConfig:
     texts: Path | None = None
     batch_size: int = 64
     num_workers: int = 4
+    threads: int | None = None  # torch CPU threads; default: the CPUs left over by the DataLoader workers
     device: str = "auto"
     dtype: str = "float16"
     image_size: int | None = None
@@ -96,8 +104,10 @@ class ExtractConfig:
                 raise UsageError(f"{flag} {path}: no such file")
         if self.dtype not in DTYPES:
             raise UsageError(f"--dtype must be one of {DTYPES}, got {self.dtype!r}")
-        if self.batch_size < 1 or self.num_workers < 0 or self.chunk_size < 1 or self.max_pixels < 1:
-            raise UsageError("--batch-size, --chunk-size and --max-pixels must be >= 1, --num-workers >= 0")
+        if self.batch_size < 1 or self.num_workers < 0 or self.chunk_size < 1 or self.max_pixels < 1 or \
+                (self.threads is not None and self.threads < 1):
+            raise UsageError("--batch-size, --chunk-size, --max-pixels and --threads must be >= 1, "
+                             "--num-workers >= 0")
         if self.image_size is not None and self.image_size < 8:
             raise UsageError(f"--image-size {self.image_size} is too small")
         if Path(self.out).suffix != ".h5":
@@ -108,6 +118,11 @@ class ExtractConfig:
     @property
     def modality(self) -> str:
         return "text" if self.texts is not None else "image"
+
+    def cpu_threads(self) -> int:
+        """Intra-op threads for a CPU forward: oversubscribing the cores the decoding workers use makes torch's
+        thread pool spin and wait (measured 30x slower on a busy 2-core box), so leave them their cores."""
+        return self.threads or max(1, len(os.sched_getaffinity(0)) - self.num_workers)
 
     @property
     def batches_per_chunk(self) -> int:

@@ -20,6 +20,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from feature_extraction.config import report_error
 from feature_extraction.store import FeatureFileError, FeatureStore
 
 logger = logging.getLogger(__name__)
@@ -62,8 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         with FeatureStore.open(args.features) as store:
             n = export_vladapter(store, args.out_dir, args.fc_dir)
     except FeatureFileError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return report_error(exc)
     print(f"exported {n} items to {args.out_dir}")
     return 0
 

@@ -23,7 +23,7 @@ from feature_extraction.backbones import Backbone, load_backbone
 from feature_extraction.config import ExtractConfig, UsageError, resolve_device
 from feature_extraction.inputs import Listing, Skip, list_inputs
 from feature_extraction.loader import make_loader
-from feature_extraction.spool import Spool, consolidate
+from feature_extraction.spool import Spool, consolidate, exclusive_run
 from feature_extraction.spool_writer import SpoolWriter
 from feature_extraction.store import FORMAT_NAME, FORMAT_VERSION, FeatureFileError, H5FeatureStore
 from feature_extraction.writer import COMPAT_KEYS, Block, atomic_replace, attrs_mismatch, read_skip_record
@@ -37,7 +37,8 @@ class ExtractSummary:
     written: int = 0  # rows encoded by this run
     total_rows: int = 0  # rows in the final file
     skipped: Counter[str] = field(default_factory=Counter)  # this run's skips, by category
-    elapsed: float = 0.0
+    elapsed: float = 0.0  # whole run: listing, model load, encoding, consolidation
+    encode_seconds: float = 0.0  # the encoding loop alone (the rate shown)
     nothing_to_do: bool = False
     sidecar: Path | None = None
 
@@ -46,7 +47,7 @@ class ExtractSummary:
         if self.nothing_to_do:
             head = f"nothing to do: {self.out} already holds all {self.total_rows} items"
         else:
-            rate = self.written / self.elapsed if self.elapsed > 0 else 0.0
+            rate = self.written / self.encode_seconds if self.encode_seconds > 0 else 0.0
             head = f"written {self.written} ({rate:.1f} items/s), file now {self.total_rows} rows: {self.out}"
         tail = f" (listed in {self.sidecar})" if self.sidecar and sum(self.skipped.values()) else ""
         return f"{head}\nskipped {sum(self.skipped.values())}: {skipped}{tail}\nelapsed {self.elapsed:.1f} s"
@@ -134,6 +135,48 @@ def encode_all(todo: Listing, backbone: Backbone, cfg: ExtractConfig, writer: Sp
                 time.sleep(delay)
 
 
+def _resume_or_run(out: Path, listing: Listing, backbone: Backbone, attrs: dict[str, Any],
+                   cfg: ExtractConfig) -> ExtractSummary:
+    """Everything that touches ``out`` and its spool (called with the run lock held)."""
+    written_before, skipped_before = read_existing(out, attrs)
+    spool = Spool(out)
+    meta = {k: attrs.get(k) for k in COMPAT_KEYS} | {"backbone": cfg.backbone, "batch_size": cfg.batch_size}
+    in_chunks = spool.recover(meta, written_before | skipped_before)
+    done = written_before | in_chunks | (set() if cfg.retry_skipped else skipped_before)
+    keep = [n for n, i in enumerate(listing.ids) if i not in done]
+    todo = Listing(listing.modality, [listing.ids[n] for n in keep], [listing.sources[n] for n in keep],
+                   listing.skipped, listing.text_file)
+    summary = ExtractSummary(out, skipped=Counter(s.category for s in listing.skipped))
+    for s in listing.skipped:
+        logger.warning("skipped %s (%s): %s (%s)", s.item_id, s.source, s.category, s.detail)
+
+    if out.exists() and not todo.ids and not spool.chunks():
+        spool.remove()
+        summary.nothing_to_do, summary.total_rows = True, len(written_before)
+        return summary
+    logger.info("%s: %d to encode, %d already done, batch %d, device %s", out, len(todo.ids),
+                len(listing.ids) - len(todo.ids), cfg.batch_size, backbone.device)
+    grid_shape = (backbone.grid_hw[0] * backbone.grid_hw[1], backbone.grid_dim) if attrs["has_grid"] else None
+    chunks = spool.chunks()
+    first_chunk = int(chunks[-1].stem.split("-")[1]) + 1 if chunks else 0
+    writer = SpoolWriter(spool, first_chunk, cfg.batches_per_chunk, backbone.fc_dim, grid_shape, cfg.dtype)
+    threads_before = torch.get_num_threads()
+    if not backbone.device.startswith("cuda"):
+        torch.set_num_threads(cfg.cpu_threads())
+        logger.info("CPU forward on %d threads, %d decoding workers", cfg.cpu_threads(), cfg.num_workers)
+    encode_start = time.perf_counter()
+    try:
+        encode_all(todo, backbone, cfg, writer)
+    finally:
+        stats = writer.close()
+        torch.set_num_threads(threads_before)
+    summary.encode_seconds = time.perf_counter() - encode_start
+    summary.written = stats.rows
+    summary.skipped.update(s.category for s in stats.skipped)
+    summary.total_rows, _ = consolidate(spool, attrs, backbone.fc_dim, grid_shape, cfg.dtype)
+    return summary
+
+
 def extract(cfg: ExtractConfig) -> ExtractSummary:
     """Run (or resume, or append to) one extraction; see ``docs/extraction.md``."""
     start = time.perf_counter()
@@ -150,35 +193,8 @@ def extract(cfg: ExtractConfig) -> ExtractSummary:
     backbone = load_backbone(cfg.backbone, device, compute_dtype, cfg.image_size if cfg.modality == "image" else None)
     attrs = build_attrs(backbone, cfg)
 
-    written_before, skipped_before = read_existing(out, attrs)
-    spool = Spool(out)
-    meta = {k: attrs.get(k) for k in COMPAT_KEYS} | {"backbone": cfg.backbone, "batch_size": cfg.batch_size}
-    in_chunks = spool.recover(meta, written_before | skipped_before)
-    done = written_before | in_chunks | (set() if cfg.retry_skipped else skipped_before)
-    keep = [n for n, i in enumerate(listing.ids) if i not in done]
-    todo = Listing(listing.modality, [listing.ids[n] for n in keep], [listing.sources[n] for n in keep],
-                   listing.skipped, listing.text_file)
-    summary = ExtractSummary(out, skipped=Counter(s.category for s in listing.skipped))
-    for s in listing.skipped:
-        logger.warning("skipped %s (%s): %s (%s)", s.item_id, s.source, s.category, s.detail)
-
-    if out.exists() and not todo.ids and not spool.chunks():
-        spool.remove()
-        summary.nothing_to_do, summary.total_rows = True, len(written_before)
-    else:
-        logger.info("%s: %d to encode, %d already done, batch %d, device %s", out, len(todo.ids),
-                    len(listing.ids) - len(todo.ids), cfg.batch_size, device)
-        grid_shape = (backbone.grid_hw[0] * backbone.grid_hw[1], backbone.grid_dim) if attrs["has_grid"] else None
-        chunks = spool.chunks()
-        first_chunk = int(chunks[-1].stem.split("-")[1]) + 1 if chunks else 0
-        writer = SpoolWriter(spool, first_chunk, cfg.batches_per_chunk, backbone.fc_dim, grid_shape, cfg.dtype)
-        try:
-            encode_all(todo, backbone, cfg, writer)
-        finally:
-            stats = writer.close()
-        summary.written = stats.rows
-        summary.skipped.update(s.category for s in stats.skipped)
-        summary.total_rows, _ = consolidate(spool, attrs, backbone.fc_dim, grid_shape, cfg.dtype)
+    with exclusive_run(out):
+        summary = _resume_or_run(out, listing, backbone, attrs, cfg)
     summary.sidecar = write_sidecar(out, read_skip_record(out) + listing.skipped)
     summary.elapsed = time.perf_counter() - start
     return summary

@@ -54,6 +54,14 @@ def _region_group(group: h5py.Group) -> tuple[np.ndarray, np.ndarray | None]:
     return feats, np.clip(boxes, 0.0, 1.0)
 
 
+def _region_features(path: Path, ids: Sequence[str], parts: list[tuple[np.ndarray, np.ndarray | None]]) -> Features:
+    """Stack per-id (features, boxes) pairs; boxes only when every id has them."""
+    boxes = [b for _, b in parts]
+    has_boxes = bool(parts) and all(b is not None for b in boxes)
+    return Features(list(ids), None, _stack(path, ids, [f for f, _ in parts], "features"),
+                    _stack(path, ids, boxes, "boxes") if has_boxes else None)  # type: ignore[arg-type]
+
+
 class VLT5H5Store(FeatureStore):
     """One HDF5 file, one group per image id (VL-T5 / LXMERT-style region features)."""
 
@@ -74,11 +82,7 @@ class VLT5H5Store(FeatureStore):
 
     def get_many(self, ids: Sequence[str]) -> Features:
         self.rows(ids)  # raises naming missing ids
-        parts = [_region_group(self._file[i]) for i in ids]
-        boxes = [b for _, b in parts]
-        return Features(list(ids), None, _stack(self.path, ids, [f for f, _ in parts], "features"),
-                        _stack(self.path, ids, boxes, "boxes") if parts and all(b is not None for b in boxes)
-                        else None)
+        return _region_features(self.path, ids, [_region_group(self._file[i]) for i in ids])
 
     def close(self) -> None:
         if self._file.id.valid:
@@ -114,11 +118,7 @@ class VLAdapterDirStore(FeatureStore):
 
     def get_many(self, ids: Sequence[str]) -> Features:
         self.rows(ids)
-        parts = [self._read_one(i) for i in ids]
-        boxes = [b for _, b in parts]
-        return Features(list(ids), None, _stack(self.path, ids, [f for f, _ in parts], "features"),
-                        _stack(self.path, ids, boxes, "boxes") if parts and all(b is not None for b in boxes)
-                        else None)
+        return _region_features(self.path, ids, [self._read_one(i) for i in ids])
 
 
 class ClipVilStore(FeatureStore):

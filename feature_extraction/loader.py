@@ -96,4 +96,4 @@ def make_loader(todo: Listing, batch_size: int, num_workers: int, preprocess: Ca
         collate = ImageCollate()
     return DataLoader(dataset, batch_sampler=make_batches(len(todo.ids), batch_size), num_workers=num_workers,
                       collate_fn=collate, pin_memory=pin_memory,
-                      prefetch_factor=4 if num_workers else None, persistent_workers=False)
+                      prefetch_factor=2 if num_workers else None, persistent_workers=False)

@@ -21,9 +21,9 @@ import argparse
 import logging
 from collections.abc import Iterator, Sequence
 
-from feature_extraction.config import UsageError
+from feature_extraction.config import UsageError, report_error
 from feature_extraction.store import FeatureFileError, FeatureStore, H5FeatureStore
-from feature_extraction.writer import Block, read_skip_record, write_feature_file
+from feature_extraction.writer import COPY_ROWS, Block, read_skip_record, write_feature_file
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ def check_shards(stores: Sequence[H5FeatureStore]) -> list[H5FeatureStore]:
     return [by_id[sid] for sid in sorted(by_id)]
 
 
-def merge_shards(paths: Sequence[Path], out: Path, rows_per_read: int = 1024) -> int:
+def merge_shards(paths: Sequence[Path], out: Path, rows_per_read: int = COPY_ROWS) -> int:
     """Merge ``paths`` into ``out``; returns the number of rows."""
     stores = _open_shards(paths)
     try:
@@ -107,8 +107,7 @@ def main(argv: list[str] | None = None) -> int:
             raise UsageError(f"--out {args.out} is one of the shards")
         n = merge_shards(args.shards, args.out)
     except (UsageError, FeatureFileError) as exc:
-        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
-        return 2
+        return report_error(exc)
     print(f"merged {len(args.shards)} shards, {n} rows -> {args.out}")
     return 0
 

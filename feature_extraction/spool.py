@@ -20,6 +20,7 @@ spool is removed) so the tests can kill deterministically at each kind of moment
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -27,6 +28,7 @@ import shutil
 import signal
 from collections import Counter
 from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -36,15 +38,15 @@ import numpy as np
 from feature_extraction.config import UsageError
 from feature_extraction.inputs import Skip
 from feature_extraction.store import H5FeatureStore
-from feature_extraction.writer import (STR, Block, atomic_replace, attrs_mismatch, read_ids, read_skip_record,
-                                       read_skipped, write_feature_file, write_skipped)
+from feature_extraction.writer import (COPY_ROWS, STR, Block, atomic_replace, attrs_mismatch, read_ids,
+                                       read_skip_record, read_skipped, write_feature_file, write_skipped)
 
 logger = logging.getLogger(__name__)
 
 _kill_counts: Counter[str] = Counter()
 
 
-def test_kill_point(point: str) -> None:
+def kill_point_for_tests(point: str) -> None:
     """SIGKILL ourselves at the configured point (see module docstring); a no-op unless the env var is set."""
     wanted = os.environ.get("VLT5_EXTRACT_TEST_KILL", "")
     if not wanted.startswith(point + ":"):
@@ -54,7 +56,22 @@ def test_kill_point(point: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-test_kill_point.__test__ = False  # type: ignore[attr-defined]  # not a pytest test
+@contextmanager
+def exclusive_run(out: Path) -> Iterator[None]:
+    """Refuse a second process writing the same output (e.g. two jobs given the same shard): an advisory
+    ``flock`` on ``OUT.h5.lock``, released by the kernel even when the holder is SIGKILLed."""
+    lock_path = out.with_name(out.name + ".lock")
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise UsageError(f"another process is writing {out} (it holds {lock_path})") from None
+    try:
+        yield
+    finally:
+        lock_path.unlink(missing_ok=True)
+        os.close(fd)
 
 
 class Spool:
@@ -140,10 +157,14 @@ class ChunkFile:
         return rows
 
 
-def read_chunk(path: Path) -> tuple[Block, list[Skip]]:
+def chunk_blocks(path: Path, rows: int = COPY_ROWS) -> Iterator[Block]:
+    """A committed chunk's rows, ``rows`` at a time (memory stays bounded whatever the chunk size)."""
     with h5py.File(path, "r") as f:
-        grid = f["grid"][:] if "grid" in f else None
-        return Block(read_ids(f), f["fc"][:], grid), read_skipped(f)
+        ids = read_ids(f)
+        for start in range(0, len(ids), rows):
+            stop = min(start + rows, len(ids))
+            grid = f["grid"][start:stop] if "grid" in f else None
+            yield Block(ids[start:stop], f["fc"][start:stop], grid)
 
 
 def consolidate(spool: Spool, attrs: Mapping[str, Any], fc_dim: int, grid_shape: tuple[int, int] | None,
@@ -163,17 +184,17 @@ def consolidate(spool: Spool, attrs: Mapping[str, Any], fc_dim: int, grid_shape:
 
         def blocks() -> Iterator[Block]:
             if old is not None:
-                for part in old.batches(1024):
+                for part in old.batches(COPY_ROWS):
                     yield Block(part.ids, part.fc, part.grid)
             for n, path in enumerate(chunks, 1):
-                yield read_chunk(path)[0]
+                yield from chunk_blocks(path)
                 if n == (len(chunks) + 1) // 2:
-                    test_kill_point("consolidate")
+                    kill_point_for_tests("consolidate")
 
         write_feature_file(out, attrs, n_old + chunk_rows, fc_dim, grid_shape, dtype, blocks(), skipped)
     finally:
         if old is not None:
             old.close()
-    test_kill_point("replaced")
+    kill_point_for_tests("replaced")
     spool.remove()
     return n_old + chunk_rows, skipped

@@ -14,7 +14,7 @@ import threading
 from dataclasses import dataclass, field
 
 from feature_extraction.inputs import Skip
-from feature_extraction.spool import ChunkFile, Spool, test_kill_point
+from feature_extraction.spool import ChunkFile, Spool, kill_point_for_tests
 from feature_extraction.writer import Block
 
 logger = logging.getLogger(__name__)
@@ -68,7 +68,7 @@ class SpoolWriter:
                 current.append(block, skipped)
                 self.stats.skipped.extend(skipped)
                 batches += 1
-                test_kill_point("batch")
+                kill_point_for_tests("batch")
                 if batches == self.batches_per_chunk:
                     self._commit(current)
                     current, batches = None, 0
@@ -84,4 +84,4 @@ class SpoolWriter:
         self.stats.chunks += 1
         self.next_chunk += 1
         logger.debug("committed %s", chunk.path)
-        test_kill_point("chunk")
+        kill_point_for_tests("chunk")

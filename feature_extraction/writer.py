@@ -32,6 +32,7 @@ logger = logging.getLogger(__name__)
 
 STR = h5py.string_dtype("utf-8")
 IDS_SLICE = 4096
+COPY_ROWS = 256  # rows per read when copying files (consolidation, merge): bounded memory even for big grids
 SKIP_FIELDS = ("skipped_ids", "skipped_categories", "skipped_details", "skipped_sources")
 # Attributes that must agree before rows may be appended to a file (or shards merged).
 COMPAT_KEYS = ("format_version", "modality", "backbone_sha256", "image_size", "dtype", "has_grid", "grid_hw",

@@ -19,8 +19,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def extract_with(out: Path, backbone: str | Path, **overrides: Any) -> ExtractSummary:
-    """One in-process run with test defaults: float32, 0 workers, batch 4, no progress bar."""
-    settings: dict[str, Any] = dict(out=Path(out), backbone=str(backbone), batch_size=4, num_workers=0,
+    """One in-process run with test defaults: float32, 0 workers, 1 thread, batch 4, no progress bar."""
+    settings: dict[str, Any] = dict(out=Path(out), backbone=str(backbone), batch_size=4, num_workers=0, threads=1,
                                     dtype="float32", progress=False, device="cpu")
     settings.update(overrides)
     return extract(ExtractConfig(**settings))

@@ -41,7 +41,7 @@ def run_script(out: Path, folder: Path, backbone: Path, env_extra: dict[str, str
                wait: bool = True) -> subprocess.Popen:
     cmd = [sys.executable, str(REPO / "feature_extraction" / "clip_prepro_feats.py"), "--images", str(folder),
            "--out", str(out), "--backbone", str(backbone), "--batch-size", str(BATCH), "--chunk-size", str(CHUNK),
-           "--num-workers", "1", "--dtype", "float32", "--device", "cpu", "--no-progress", "--quiet"]
+           "--num-workers", "1", "--threads", "1", "--dtype", "float32", "--device", "cpu", "--no-progress", "--quiet"]
     env = os.environ | {"HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"} | env_extra
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     if wait:
@@ -126,3 +126,13 @@ def test_unfinished_spool_from_other_settings_is_refused(folder, tiny_vit_pt, tm
     (spool / "meta.json").write_text(json.dumps({"modality": "image", "backbone_sha256": "0" * 64}))
     with pytest.raises(UsageError, match=r"feats\.h5\.partial holds an unfinished run"):
         extract_with(out, tiny_vit_pt, images=folder)
+
+
+def test_second_writer_of_the_same_output_is_refused(folder, tiny_vit_pt, tmp_path):
+    from feature_extraction.spool import exclusive_run
+
+    out = tmp_path / "feats.h5"
+    with exclusive_run(out):  # as if another process were running the same command
+        with pytest.raises(UsageError, match="another process is writing"):
+            extract_with(out, tiny_vit_pt, images=folder)
+    assert not (tmp_path / "feats.h5.lock").exists()
