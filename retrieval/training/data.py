@@ -1,0 +1,236 @@
+"""Training data: frozen KB vectors, validated queries, and deterministic, resumable, shardable batches.
+
+* :func:`load_kb` — KB ids + L2-normalised CLIP vectors (image ``fc``, text ``fc`` or their mean) in KB order.
+* :func:`load_queries` — queries whose image is in the feature file and whose positives are in the KB.
+* :func:`open_features` — a feature file, held in memory when it fits (so the loader is never the bottleneck).
+* :class:`EpochBatches` — micro-batch ``m`` of epoch ``e`` is a pure function of ``(seed, e, m)``: the order is
+  a seeded permutation, each query's hard negatives are sampled with a generator seeded by its position. So a
+  resumed run only needs (epoch, step) to see the same data, and rank ``r`` of ``W`` takes the contiguous
+  slice ``r`` of every global micro-batch (the concatenation over ranks is the single-process batch).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from feature_extraction.store import FeatureFileError, Features, FeatureStore
+from retrieval.formats import KBEntry, Query, read_kb, read_queries
+from vlt5.inputs import QueryCollator, VisualInputConfig
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class KBVectors:
+    ids: list[str]
+    vectors: np.ndarray  # (N, D) float32, rows L2-normalised
+
+    @property
+    def dim(self) -> int:
+        return int(self.vectors.shape[1])
+
+    def row_of(self) -> dict[str, int]:
+        return {kb_id: n for n, kb_id in enumerate(self.ids)}
+
+
+def normalise_rows(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def _kb_rows(entries: list[KBEntry], store: FeatureStore, use_image_path: bool) -> list[str | None]:
+    """The feature-file id of each entry: its KB id, else (image features) its image path without suffix/dir."""
+    out: list[str | None] = []
+    for e in entries:
+        keys = [e.id]
+        if use_image_path and e.image:
+            keys += [Path(e.image).with_suffix("").as_posix(), Path(e.image).stem]
+        out.append(next((k for k in keys if k in store), None))
+    return out
+
+
+def _side_vectors(entries: list[KBEntry], path: str, image: bool) -> np.ndarray:
+    store = FeatureStore.open(path)
+    try:
+        keys = _kb_rows(entries, store, image)
+        missing = [e.id for e, k in zip(entries, keys) if k is None]
+        if missing:
+            raise FeatureFileError(f"{path}: {len(missing)} of {len(entries)} KB entries have no features "
+                                   f"(first: {missing[:5]}); ids must be KB ids" + (" or image paths" if image else ""))
+        return np.asarray(store.get_many([k for k in keys if k is not None]).fc, dtype=np.float32)
+    finally:
+        store.close()
+
+
+def load_kb(kb_path: str, image_features: str | None, text_features: str | None, side: str) -> KBVectors:
+    """KB ids and normalised vectors: ``image`` fc, ``text`` fc, or ``mean`` of the two normalised vectors."""
+    entries = read_kb(kb_path)
+    if not entries:
+        raise ValueError(f"{kb_path}: the knowledge base is empty")
+    parts = []
+    if side in ("image", "mean"):
+        parts.append(normalise_rows(_side_vectors(entries, image_features or "", image=True)))
+    if side in ("text", "mean"):
+        parts.append(normalise_rows(_side_vectors(entries, text_features or "", image=False)))
+    if len({p.shape[1] for p in parts}) > 1:
+        raise ValueError(f"KB image features ({image_features}) and text features ({text_features}) have different "
+                         f"dims {[p.shape[1] for p in parts]}: they must come from the same CLIP model")
+    vectors = normalise_rows(np.mean(parts, axis=0))
+    logger.info("KB: %d entries, %s vectors of dim %d", len(entries), side, vectors.shape[1])
+    return KBVectors([e.id for e in entries], vectors)
+
+
+def load_queries(path: str, kb_ids: set[str], store: FeatureStore | None, split: str) -> list[Query]:
+    """Queries of ``path``, checked: an image in the feature store, positives in the KB. Unknown hard negatives
+    are dropped (logged); a query with no positive in the KB is an error naming it."""
+    queries = read_queries(path)
+    if not queries:
+        raise ValueError(f"{path}: no queries")
+    dropped = 0
+    for q in queries:
+        if q.image is None:
+            raise ValueError(f"{path}: query {q.id!r} has no image; the joint encoder needs one per query")
+        if store is not None and q.image not in store:
+            raise FeatureFileError(f"{store.path}: image {q.image!r} of {split} query {q.id!r} ({path}) is not in "
+                                   "the query feature file")
+        unknown = [p for p in q.positives if p not in kb_ids]
+        if unknown:
+            raise ValueError(f"{path}: query {q.id!r} has positives not in the KB: {unknown[:5]}")
+        kept = [n for n in q.hard_negatives if n in kb_ids and n not in q.positives]
+        dropped += len(q.hard_negatives) - len(kept)
+        q.hard_negatives = kept
+    if dropped:
+        logger.warning("%s: dropped %d hard negatives that are not in the KB (or are positives)", path, dropped)
+    return queries
+
+
+class InMemoryFeatures(FeatureStore):
+    """A whole feature file in RAM (``fc`` and ``grid`` as float32 arrays); same interface as the file."""
+
+    def __init__(self, source: FeatureStore) -> None:
+        self.path = source.path
+        self._ids = list(source.ids)
+        self._attrs = dict(source.attrs)
+        batches = list(source.batches(4096))
+        self.fc = np.concatenate([b.fc for b in batches]).astype(np.float32)  # (N, D)
+        self.grid = np.concatenate([b.grid for b in batches]).astype(np.float32) \
+            if batches and batches[0].grid is not None else None  # (N, T, C)
+
+    @property
+    def ids(self) -> list[str]:
+        return self._ids
+
+    @property
+    def attrs(self) -> dict[str, Any]:
+        return self._attrs
+
+    def get_many(self, ids: Sequence[str]) -> Features:
+        rows = self.rows(ids)
+        return Features(ids=list(ids), fc=self.fc[rows], grid=None if self.grid is None else self.grid[rows])
+
+
+def feature_bytes(store: FeatureStore) -> int:
+    """Bytes of fc + grid once held as float32."""
+    first = store.get_many(store.ids[:1])
+    per_row = first.fc.size + (first.grid.size if first.grid is not None else 0)
+    return 4 * per_row * len(store)
+
+
+def open_features(path: str, cache: str = "auto", max_gb: float = 4.0) -> FeatureStore:
+    store = FeatureStore.open(path)
+    if cache == "yes" or (cache == "auto" and feature_bytes(store) <= max_gb * 2**30):
+        memory = InMemoryFeatures(store)
+        store.close()
+        logger.info("%s: %d items held in memory", path, len(memory))
+        return memory
+    return store
+
+
+def feature_dims(store: FeatureStore) -> tuple[int, int | None, int | None]:
+    """(fc dim, grid tokens, grid channels); the grid ones are None without a grid."""
+    first = store.get_many(store.ids[:1])
+    if first.grid is None:
+        return int(first.fc.shape[1]), None, None
+    return int(first.fc.shape[1]), int(first.grid.shape[1]), int(first.grid.shape[2])
+
+
+# -- batches -----------------------------------------------------------------------------------------------------
+def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
+    """The query order of ``epoch`` (same on every rank and after a resume)."""
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+def sample_negatives(negatives: list[str], n: int, seed: int, epoch: int, position: int) -> list[str]:
+    """``n`` of a query's hard negatives (all if n < 0 or fewer exist), seeded by its place in the epoch."""
+    if n < 0 or len(negatives) <= n:
+        return list(negatives)
+    picks = np.random.default_rng([seed, 1, epoch, position]).choice(len(negatives), size=n, replace=False)
+    return [negatives[i] for i in sorted(picks)]
+
+
+class EpochBatches(Dataset):
+    """Item ``m`` = this rank's share of global micro-batch ``m`` of one epoch, collated:
+    ``{"inputs": encoder kwargs, "positives": [[kb id]], "negatives": [[kb id]], "query_ids": [id]}``."""
+
+    def __init__(self, queries: list[Query], store: FeatureStore, tokenizer: Any, inputs: VisualInputConfig,
+                 global_batch: int, hard_negatives: int, seed: int, epoch: int, rank: int = 0,
+                 world_size: int = 1) -> None:
+        if global_batch % world_size:
+            raise ValueError(f"batch size {global_batch} must be divisible by the number of processes {world_size}")
+        if len(queries) < global_batch:
+            raise ValueError(f"{len(queries)} training queries: fewer than one batch of {global_batch}")
+        self.queries, self.tokenizer, self.inputs = queries, tokenizer, inputs
+        self.memory = store if isinstance(store, InMemoryFeatures) else None  # shared with workers
+        self.store_path = store.path  # otherwise every process opens the file itself
+        self.global_batch, self.local = global_batch, global_batch // world_size
+        self.hard_negatives, self.seed, self.epoch, self.rank = hard_negatives, seed, epoch, rank
+        self.order = epoch_order(len(queries), seed, epoch)
+        self._collator: QueryCollator | None = None
+        self._pid = -1
+
+    def __len__(self) -> int:
+        return len(self.queries) // self.global_batch  # the last partial batch is dropped
+
+    def collator(self) -> QueryCollator:
+        if self._collator is None or self._pid != os.getpid():  # a DataLoader worker reopens the file
+            store = self.memory if self.memory is not None else FeatureStore.open(self.store_path)
+            self._collator, self._pid = QueryCollator(self.tokenizer, store, self.inputs), os.getpid()
+        return self._collator
+
+    def positions(self, m: int) -> range:
+        start = m * self.global_batch + self.rank * self.local
+        return range(start, start + self.local)
+
+    def __getitem__(self, m: int) -> dict[str, Any]:
+        if not 0 <= m < len(self):
+            raise IndexError(m)
+        qs = [self.queries[self.order[p]] for p in self.positions(m)]
+        negatives = [sample_negatives(q.hard_negatives, self.hard_negatives, self.seed, self.epoch, p)
+                     for q, p in zip(qs, self.positions(m))]
+        return {"inputs": self.collator()([q.question for q in qs], [q.image for q in qs]),
+                "positives": [list(q.positives) for q in qs], "negatives": negatives, "query_ids": [q.id for q in qs]}
+
+    def __getstate__(self) -> dict[str, Any]:  # sent to spawned workers without the open collator
+        return {**self.__dict__, "_collator": None, "_pid": -1}
+
+
+def _as_is(item: Any) -> Any:
+    return item
+
+
+def make_loader(batches: EpochBatches, start: int, stop: int, num_workers: int, prefetch: int,
+                pin_memory: bool) -> DataLoader:
+    """Micro-batches ``start .. stop-1`` in order. The generator keeps DataLoader off the global torch RNG
+    (it draws worker seeds from it), which an exact resume needs."""
+    return DataLoader(batches, batch_size=None, sampler=range(start, stop), num_workers=num_workers,
+                      prefetch_factor=prefetch if num_workers else None, collate_fn=_as_is, pin_memory=pin_memory,
+                      generator=torch.Generator().manual_seed(batches.seed * 1000 + batches.epoch))

@@ -1,0 +1,127 @@
+"""The training task's pieces in process: freezing policies vs gradients, optimizer groups, LR schedule,
+deterministic sharded batches, and the config <-> flags mapping."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from train_helpers import FC_DIM, GRID_DIM, GRID_TOKENS, make_data, train_args
+
+from adapters import is_adapter_param
+from adapters.policy import trainable_names
+from retrieval.training.cli import UsageError, config_fields, parse_config
+from retrieval.training.config import ModelConfig, OptimConfig, TrainConfig
+from retrieval.training.data import EpochBatches, load_kb, load_queries, open_features, sample_negatives
+from retrieval.training.model import RetrievalTask, build_encoder, build_optimizer, lr_factor
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    return make_data(tmp_path_factory.mktemp("train_task"))
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> None:
+    torch.set_num_threads(1)
+
+
+def make_task(data: dict[str, Path], learn_temperature: bool = False, **model: object) -> tuple[RetrievalTask, dict]:
+    kb = load_kb(str(data["kb"]), str(data["kb_features"]), None, "image")
+    store = open_features(str(data["query_features"]))
+    queries = load_queries(str(data["train"]), set(kb.ids), store, "train")
+    cfg = ModelConfig(tokenizer=str(data["tokenizer"]), d_model=24, num_layers=2, num_heads=2, d_kv=8, d_ff=20,
+                      fc_token=True, boxes="grid_cells", **model)  # type: ignore[arg-type]
+    encoder = build_encoder(cfg, FC_DIM, GRID_TOKENS, GRID_DIM, kb.dim)
+    task = RetrievalTask(encoder, kb.ids, torch.from_numpy(kb.vectors), 0.1, learn_temperature)
+    batch = EpochBatches(queries, store, encoder.tokenizer, encoder.config.inputs, 6, 2, seed=0, epoch=0)[0]
+    return task, batch
+
+
+@pytest.mark.parametrize("adapters, policy", [("houlsby", "auto"), ("lora", "head"), ("prompt", "adapters+head"),
+                                              ("none", "last_n_blocks:1"), ("none", "auto")])
+def test_gradients_flow_only_where_the_policy_allows(data: dict[str, Path], adapters: str, policy: str) -> None:
+    task, batch = make_task(data, adapters=adapters, policy=policy)
+    resolved = ModelConfig(adapters=adapters, policy=policy).resolved_policy
+    allowed = set(trainable_names(task.encoder, resolved))
+    loss, metrics = task.training_forward(batch)
+    loss.backward()
+    for name, param in task.encoder.named_parameters():
+        if name in allowed:
+            assert param.requires_grad, name
+        else:
+            assert not param.requires_grad and param.grad is None, name
+    assert task.log_temperature.grad is None  # fixed tau
+    assert task.encoder.head.weight.grad.abs().sum() > 0  # the head is in every policy
+    if "adapters" in resolved:  # the adapters themselves learn (zero-init up-projections get a gradient)
+        grads = [p.grad for n, p in task.encoder.named_parameters() if is_adapter_param(n) and p.grad is not None]
+        assert grads and any(g.abs().sum() > 0 for g in grads)
+    assert metrics["candidates"].item() > 6  # positives + sampled hard negatives of the batch
+
+
+def test_learned_temperature_gets_a_gradient_and_the_head_lr(data: dict[str, Path]) -> None:
+    task, batch = make_task(data, learn_temperature=True, adapters="houlsby")
+    loss, _ = task.training_forward(batch)
+    loss.backward()
+    assert task.log_temperature.grad is not None and task.log_temperature.grad.item() != 0.0
+    optim = build_optimizer(task, OptimConfig(lr_head=3e-3, lr_adapters=2e-3, lr_visual=1e-3, weight_decay=0.1))
+    groups = {g["name"]: g for g in optim.param_groups}
+    assert set(groups) == {"head", "adapters", "visual", "temperature"}  # backbone frozen by the policy
+    assert groups["temperature"]["lr"] == 3e-3 and groups["temperature"]["weight_decay"] == 0.0
+    assert groups["adapters"]["lr"] == 2e-3 and groups["visual"]["weight_decay"] == 0.1
+
+
+def test_lr_schedule_by_hand() -> None:
+    assert [lr_factor(s, 4, 10, "linear") for s in (0, 3)] == [0.25, 1.0]
+    assert lr_factor(7, 4, 10, "linear") == pytest.approx(1 - 3 / 6)
+    assert lr_factor(7, 4, 10, "cosine") == pytest.approx(0.5 * (1 + math.cos(math.pi * 3 / 6)))
+    assert lr_factor(10, 4, 10, "linear") == 0.0 and lr_factor(9, 0, 10, "constant") == 1.0
+
+
+def test_batches_are_deterministic_and_ranks_split_the_global_batch(data: dict[str, Path]) -> None:
+    kb = load_kb(str(data["kb"]), str(data["kb_features"]), None, "image")
+    store = open_features(str(data["query_features"]))
+    queries = load_queries(str(data["train"]), set(kb.ids), store, "train")
+    task, _ = make_task(data)
+    tok, inputs = task.encoder.tokenizer, task.encoder.config.inputs
+    whole = EpochBatches(queries, store, tok, inputs, 6, 2, seed=3, epoch=1)
+    again = EpochBatches(queries, store, tok, inputs, 6, 2, seed=3, epoch=1)
+    other_epoch = EpochBatches(queries, store, tok, inputs, 6, 2, seed=3, epoch=2)
+    ranks = [EpochBatches(queries, store, tok, inputs, 6, 2, seed=3, epoch=1, rank=r, world_size=3) for r in range(3)]
+    assert len(whole) == len(queries) // 6
+    for m in range(len(whole)):
+        item = whole[m]
+        assert item["query_ids"] == again[m]["query_ids"] and item["negatives"] == again[m]["negatives"]
+        assert torch.equal(item["inputs"]["vis_feats"], again[m]["inputs"]["vis_feats"])
+        shards = [r[m] for r in ranks]
+        assert sum((s["query_ids"] for s in shards), []) == item["query_ids"]
+        assert sum((s["negatives"] for s in shards), []) == item["negatives"]
+    assert [whole[m]["query_ids"] for m in range(len(whole))] != \
+        [other_epoch[m]["query_ids"] for m in range(len(whole))]
+    by_id = {q.id: q for q in queries}
+    for qid, negs in zip(whole[0]["query_ids"], whole[0]["negatives"]):
+        assert len(negs) == 2 and set(negs) <= set(by_id[qid].hard_negatives)
+    assert sample_negatives(["a", "b"], -1, 0, 0, 0) == ["a", "b"] and sample_negatives(["a"], 0, 0, 0, 0) == []
+    with pytest.raises(ValueError, match="divisible"):
+        EpochBatches(queries, store, tok, inputs, 6, 2, seed=0, epoch=0, rank=0, world_size=4)
+
+
+def test_every_field_is_a_flag_with_a_unique_plain_alias(data: dict[str, Path], tmp_path: Path) -> None:
+    names = [f.name for _, f, _ in config_fields()]
+    assert len(names) == len(set(names))
+    args = train_args(data, tmp_path / "run")
+    cfg, _ = parse_config(args + ["--optim.lr_head", "0.002", "--recall-at", "1", "3", "--pool-grid-to", "none",
+                                  "--learn-temperature", "--loop.resume"])
+    assert cfg.optim.lr_head == 0.002 and cfg.eval.recall_at == (1, 3) and cfg.model.pool_grid_to is None
+    assert cfg.optim.learn_temperature and cfg.loop.resume == "yes" and cfg.model.d_model == 24
+    cfg.save(tmp_path / "config.json")
+    assert TrainConfig.load(tmp_path / "config.json") == cfg
+    again, _ = parse_config(["--config", str(tmp_path / "config.json"), "--lr-head", "0.005"])
+    assert again.optim.lr_head == 0.005 and again.data == cfg.data
+    for bad, message in [(["--lr-head", "fast"], "expects float"), (["--kb-side", "audio"], "invalid choice"),
+                         (["--no-such-flag", "1"], "unrecognized"), (["--batch-size", "0"], "batch_size"),
+                         (["--init", "bert:x"], "model.init")]:
+        with pytest.raises(UsageError, match=message):
+            parse_config(args + bad)
