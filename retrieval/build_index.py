@@ -41,6 +41,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=8192, help="rows read and added per step")
     p.add_argument("--nprobe", type=int, help="default IVF nprobe (default: calibrated at build time)")
     p.add_argument("--ef-search", type=int, help="default HNSW efSearch (default: calibrated at build time)")
+    p.add_argument("--ef-construction", type=int, default=80, help="HNSW build depth (default 80)")
     p.add_argument("--target-recall", type=float, default=0.97, help="calibration target recall@10 (default 0.97)")
     p.add_argument("--cpu", action="store_true", help="never use a GPU even when faiss sees one")
     p.add_argument("--seed", type=int, default=0)
@@ -99,8 +100,8 @@ def main(argv: list[str] | None = None) -> int:
         raise ValueError("--features and --out are required (or use --sizing)")
     cfg = IndexConfig(factory=args.factory, normalize=not args.no_normalize, fp16=args.fp16,
                       train_size=args.train_size, batch_size=args.batch_size, nprobe=args.nprobe,
-                      ef_search=args.ef_search, target_recall=args.target_recall, use_gpu=not args.cpu,
-                      seed=args.seed)
+                      ef_search=args.ef_search, ef_construction=args.ef_construction,
+                      target_recall=args.target_recall, use_gpu=not args.cpu, seed=args.seed)
     index = build_index_from_features(args.features, cfg)
     index.save(args.out)
     print(f"wrote {args.out}: {len(index):,} vectors, dim {index.dim}, {index.meta.factory}, "

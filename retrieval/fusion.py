@@ -171,7 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "fit":
         qrels = load_qrels(args.qrels)
         result = tune_weights(runs, qrels, metric=args.metric, step=args.step, defmin=not args.no_defmin)
-        singles = {p.name: evaluate_run(r, qrels, [result["metric"]])[result["metric"]] for p, r in zip(args.runs, runs)}
+        metric = result["metric"]
+        singles = {p.name: evaluate_run(r, qrels, [metric])[metric] for p, r in zip(args.runs, runs)}
         result = {**result, "runs": [str(p) for p in args.runs], "single_run_scores": singles}
         for name, score in singles.items():
             print(f"{name:<32} {result['metric']} {score:.4f}")

@@ -83,6 +83,7 @@ def test_evaluate_cli(tmp_path) -> None:
         result = json.loads(out.read_text())
         assert result["means"]["a"]["mrr@10"] == pytest.approx(0.5)
         assert result["means"]["b"]["recall@2"] == pytest.approx((1 / 2 + 1 + 1) / 3)
-    proc = subprocess.run([sys.executable, str(REPO / "retrieval" / "evaluate.py"), "--qrels", str(tmp_path / "q.jsonl"),
-                           "--runs", str(tmp_path / "a.trec"), "--metrics", "bleu"], capture_output=True, text=True)
+    script = str(REPO / "retrieval" / "evaluate.py")
+    proc = subprocess.run([sys.executable, script, "--qrels", str(tmp_path / "q.jsonl"), "--runs",
+                           str(tmp_path / "a.trec"), "--metrics", "bleu"], capture_output=True, text=True)
     assert proc.returncode == 2 and proc.stderr.startswith("error: unknown metric") and "Traceback" not in proc.stderr

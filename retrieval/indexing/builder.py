@@ -17,8 +17,8 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from retrieval.indexing.config import (IndexConfig, IndexConfigError, default_train_size, make_faiss_index,
-                                       training_needs)
+from retrieval.indexing.config import (IndexConfig, IndexConfigError, default_train_size, hnsw_of,
+                                       make_faiss_index, training_needs)
 from retrieval.indexing.index import Index, IndexMeta, describe, gpu_supported, normalise_rows, to_cpu
 from retrieval.indexing.tuning import calibrate, needs_calibration
 
@@ -89,6 +89,8 @@ def build_index(vectors: np.ndarray | BatchSource, ids: Sequence[str], cfg: Inde
     index = make_faiss_index(dim, factory)
     rng = np.random.default_rng(cfg.seed)
     build: dict = {"faiss_version": faiss.__version__, **describe(index)}
+    if hnsw_of(index) is not None:
+        hnsw_of(index).hnsw.efConstruction = cfg.ef_construction
 
     if not index.is_trained:
         minimum, recommended = training_needs(index)

@@ -3,8 +3,8 @@
 The faiss guidelines leave ``nprobe`` / ``efSearch`` to be tuned per dataset ("auto-tuning the runtime
 parameters"); we do it once at build time. Calibration queries are KB vectors held out of the index until
 calibration is done (so they are fresh, in-distribution queries; a KB vector already in an HNSW graph finds
-itself and its links, which overstates recall), the reference is exhaustive search *of the same index* (``nprobe = nlist``; for
-HNSW a scan of its flat storage), and recall@k is the faiss intersection measure
+itself and its links, which overstates recall), the reference is exhaustive search *of the same index*
+(``nprobe = nlist``; for HNSW a scan of its flat storage), and recall@k is the faiss intersection measure
 (``faiss.contrib.evaluation.knn_intersection_measure``). The smallest setting reaching ``target_recall`` becomes
 the default written to ``index.json``.
 """
@@ -63,12 +63,13 @@ def _hnsw_curve(index: faiss.Index, q: np.ndarray, k: int) -> dict[int, float]:
     return curve
 
 
-def _pick(curve: dict[int, float], target: float) -> int:
+def _pick(curve: dict[int, float], target: float, hint: str) -> int:
     for value, recall in sorted(curve.items()):
         if recall >= target:
             return value
     best = max(curve)
-    logger.warning("calibration never reached recall %.3f (best %.3f at %d); using %d", target, curve[best], best, best)
+    logger.warning("calibration never reached recall %.3f (best %.3f at %d); using %d — %s", target, curve[best],
+                   best, best, hint)
     return best
 
 
@@ -84,11 +85,11 @@ def calibrate(index: faiss.Index, queries: np.ndarray, cfg: IndexConfig) -> dict
         return out
     if ivf_of(index) is not None and cfg.nprobe is None:
         curve = _ivf_curve(index, queries, k)
-        out["nprobe"] = _pick(curve, cfg.target_recall)
+        out["nprobe"] = _pick(curve, cfg.target_recall, "nprobe=nlist should be exhaustive")
         out["curve"] = {"param": "nprobe", "k": k, "target": cfg.target_recall, "recall": curve}
     elif hnsw_of(index) is not None and cfg.ef_search is None:
         curve = _hnsw_curve(index, queries, k)
-        out["ef_search"] = _pick(curve, cfg.target_recall)
+        out["ef_search"] = _pick(curve, cfg.target_recall, "raise ef_construction or HNSW M for a better graph")
         out["curve"] = {"param": "efSearch", "k": k, "target": cfg.target_recall, "recall": curve}
     if "curve" in out:
         logger.info("calibrated %s=%s (recall@%d vs exhaustive %s)", out["curve"]["param"],
