@@ -9,10 +9,12 @@ random crops/flips of scikit-image's photos):
 
 * script: ``clip_prepro_feats.py`` in a subprocess (items/s of its encoding loop; peak RSS of the main process,
   and that plus the DataLoader workers' USS - their private memory - polled with psutil) at each image count;
-* forward bound: the same model on pre-decoded tensors at the same batch size (no I/O at all; best of repeats);
-* decode bound: the same DataLoader (workers decode + preprocess) with no model (best of repeats);
+* forward bound: the same model on pre-decoded tensors at the same batch size (no I/O at all), on 1 thread or
+  all CPUs (whichever is faster here), timed just before and just after each script run (the box is shared);
+* decode bound: the same DataLoader (workers decode + preprocess) with no model;
 * naive loop: one image at a time like CLIP-ViL's ``clip_prepro_feats.py``: decode -> preprocess -> forward
-  (batch 1) -> ``np.save`` fc + ``np.savez_compressed`` grid per image.
+  (batch 1, same threads as the bound) -> ``np.save`` fc + ``np.savez_compressed`` grid per image, right after
+  each script run.
 """
 
 from __future__ import annotations
@@ -65,16 +67,20 @@ def run_script(listing: Path, model: Path, out: Path, batch: int, workers: int, 
                             env=os.environ | {"HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"})
     peak = {"main": 0.0, "tree": 0.0}
 
-    def poll() -> None:  # main RSS + the workers' USS (their private pages; forked pages are shared)
-        root = psutil.Process(proc.pid)
-        while proc.poll() is None:
+    def poll() -> None:  # main RSS every 0.2 s + workers' USS (their private pages) every 2 s
+        root, workers_uss, tick = psutil.Process(proc.pid), 0, 0
+        while proc.poll() is None:  # (USS reads /proc/*/smaps: ~20 ms each, too costly to poll often)
             try:
                 main = root.memory_info().rss
-                tree = main + sum(c.memory_full_info().uss for c in root.children(recursive=True))
+                if tick % 10 == 0:
+                    workers_uss = sum(c.memory_full_info().uss for c in root.children(recursive=True))
             except psutil.Error:
-                continue
-            peak["main"], peak["tree"] = max(peak["main"], main / 2**20), max(peak["tree"], tree / 2**20)
-            time.sleep(0.1)
+                pass
+            else:
+                peak["main"] = max(peak["main"], main / 2**20)
+                peak["tree"] = max(peak["tree"], (main + workers_uss) / 2**20)
+            tick += 1
+            time.sleep(0.2)
 
     watcher = threading.Thread(target=poll, daemon=True)
     watcher.start()
@@ -123,31 +129,34 @@ def naive_loop(backbone: Backbone, paths: list[Path], out_dir: Path) -> float:
     return len(paths) / (time.perf_counter() - start)
 
 
-def best_over_threads(measure, *args: object) -> tuple[float, int]:
-    """(best rate, its thread count) over 1 thread and all CPUs: the bound is what this box can do at best."""
-    before, results = torch.get_num_threads(), []
+def best_threads(backbone: Backbone, paths: list[Path], batch: int) -> int:
+    """1 thread or all CPUs, whichever runs the forward faster here: the bounds use the box at its best."""
+    rates = {}
     for threads in sorted({1, len(os.sched_getaffinity(0))}):
         torch.set_num_threads(threads)
-        results.append((measure(*args), threads))
-    torch.set_num_threads(before)
-    return max(results)
+        rates[threads] = forward_bound(backbone, paths, batch, 2)
+    return max(rates, key=rates.__getitem__)
 
 
 def bench_model(name: str, model: Path, counts: list[int], workers: int, args: argparse.Namespace,
                 all_paths: list[Path]) -> list[str]:
-    """Bounds once per model (best of ``--repeats``), then the script at each image count."""
+    """On a shared box the load changes by the minute, so every script run is bracketed by the forward bound
+    measured just before and just after it, and followed by the naive loop; the ratios use those neighbours."""
     backbone = load_backbone(str(model), args.device, torch.float32)
     paths = all_paths[: max(counts)]
-    fwd, fwd_threads = max(best_over_threads(forward_bound, backbone, paths, args.batch_size, args.forward_batches)
-                           for _ in range(args.repeats))
-    dec = max(decode_bound(backbone, paths[:1000], args.batch_size, workers) for _ in range(args.repeats))
-    naive, naive_threads = best_over_threads(naive_loop, backbone, paths[: args.naive], args.workdir / "naive")
+    threads = best_threads(backbone, paths, args.batch_size)
+    dec = decode_bound(backbone, paths[:1000], args.batch_size, workers)
     rows = []
     for n in counts:
+        torch.set_num_threads(threads)
+        before = forward_bound(backbone, paths, args.batch_size, args.forward_batches)
         script = run_script(image_list(args.workdir, paths[:n]), model, args.workdir / f"out_{model.stem}_{n}.h5",
                             args.batch_size, workers, args.device)
-        rows.append(f"| {name} | {n} | {workers} | {script['rate']:.1f} | {fwd:.1f} ({fwd_threads}t) | {dec:.1f} | "
-                    f"{script['rate'] / min(fwd, dec):.2f} | {naive:.1f} ({naive_threads}t) | "
+        after = forward_bound(backbone, paths, args.batch_size, args.forward_batches)
+        naive = naive_loop(backbone, paths[: args.naive], args.workdir / "naive")
+        fwd = (before + after) / 2
+        rows.append(f"| {name} | {n} | {workers} | {script['rate']:.1f} | {fwd:.1f} ({before:.1f}-{after:.1f}, "
+                    f"{threads}t) | {dec:.1f} | {script['rate'] / min(fwd, dec):.2f} | {naive:.1f} | "
                     f"{script['rate'] / naive:.1f} | {script['rss_main']:.0f} / {script['rss_tree']:.0f} |")
         print(rows[-1], flush=True)
     return rows
@@ -158,14 +167,13 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=REPO / "runs" / "bench_extract")
     parser.add_argument("--size", default="500x375", help="JPEG width x height")
     parser.add_argument("--tiny-counts", type=int, nargs="+", default=[1000, 5000])
-    parser.add_argument("--b32-counts", type=int, nargs="+", default=[128, 384])
+    parser.add_argument("--b32-counts", type=int, nargs="+", default=[256, 1024])
     parser.add_argument("--naive", type=int, default=32, help="images for the naive one-at-a-time loop")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--tiny-workers", type=int, default=2, help="decoding workers (tiny model: decode-bound)")
     parser.add_argument("--b32-workers", type=int, default=1, help="decoding workers (ViT-B/32: forward-bound)")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--repeats", type=int, default=2, help="bounds are the best of this many runs")
-    parser.add_argument("--forward-batches", type=int, default=8, help="batches timed for the forward bound")
+    parser.add_argument("--forward-batches", type=int, default=4, help="batches timed for the forward bound")
     parser.add_argument("--skip-b32", action="store_true")
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
@@ -176,8 +184,8 @@ def main() -> None:
         models["ViT-B/32 random"] = (args.workdir / "vit_b32.pt", VIT_B32, args.b32_counts, args.b32_workers)
     print(f"torch {torch.__version__}, {len(os.sched_getaffinity(0))} CPUs, device {args.device}, batch "
           f"{args.batch_size}, JPEG {args.size}; script threads = CPUs - workers (>= 1)\n")
-    print("| model | images | workers | script img/s | forward bound | decode bound | script / min(bounds) | naive img/s "
-          "| script / naive | peak MiB: main RSS / + workers' USS |")
+    print("| model | images | workers | script img/s | forward bound (before-after) | decode bound | "
+          "script / min(bounds) | naive img/s | script / naive | peak MiB: main RSS / + workers' USS |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for name, (path, spec, counts, workers) in models.items():
         if not path.exists():

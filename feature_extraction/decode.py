@@ -59,13 +59,13 @@ def to_rgb(im: Image.Image) -> Image.Image:
     mode = im.mode
     if mode == "RGB":
         return im
-    if mode in _SIXTEEN_BIT or mode in ("I", "F"):
-        return Image.fromarray(_scale_to_uint8(np.asarray(im), mode), mode="L").convert("RGB")
-    if mode in _ALPHA or (mode in ("P", "L") and "transparency" in im.info):
-        rgba = im.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(white, rgba).convert("RGB")
     try:
+        if mode in _SIXTEEN_BIT or mode in ("I", "F"):
+            return Image.fromarray(_scale_to_uint8(np.asarray(im), mode), mode="L").convert("RGB")
+        if mode in _ALPHA or (mode in ("P", "L") and "transparency" in im.info):
+            rgba = im.convert("RGBA")
+            white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+            return Image.alpha_composite(white, rgba).convert("RGB")
         return im.convert("RGB")
     except ValueError as exc:
         raise BadImage("unsupported mode", f"cannot convert mode {mode} to RGB ({exc})") from exc

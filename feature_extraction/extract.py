@@ -198,3 +198,9 @@ def extract(cfg: ExtractConfig) -> ExtractSummary:
     summary.sidecar = write_sidecar(out, read_skip_record(out) + listing.skipped)
     summary.elapsed = time.perf_counter() - start
     return summary
+
+
+def extract_folder(images: str | Path, out: str | Path, backbone: str | Path, **options: Any) -> ExtractSummary:
+    """One call for scripts and the demo: ``extract(ExtractConfig(images=..., out=..., backbone=..., **options))``;
+    ``options`` are the other :class:`ExtractConfig` fields (``batch_size``, ``num_workers``, ``dtype``, ...)."""
+    return extract(ExtractConfig(out=Path(out), backbone=str(backbone), images=Path(images), **options))

@@ -84,3 +84,11 @@ def test_module_form_reports_user_error_quickly(tmp_path):
                           capture_output=True, env=os.environ | {"HF_HUB_OFFLINE": "1"}, timeout=120)
     assert proc.returncode == 2 and proc.stderr.strip().startswith("error: --images")
     assert proc.stderr.count("\n") == 1
+
+
+def test_extract_folder_is_the_one_call_for_the_demo(imgs, tiny_vit_pt, tmp_path):
+    from feature_extraction.extract import extract_folder
+
+    summary = extract_folder(imgs, tmp_path / "demo.h5", tiny_vit_pt, num_workers=0, threads=1, progress=False,
+                             device="cpu")
+    assert summary.written == 3 and summary.total_rows == 3 and (tmp_path / "demo.h5").exists()

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 
 import h5py
 import pytest
-from helpers_extract import assert_same_content, extract_with
+from helpers_extract import REPO, assert_same_content, extract_with
 
 from feature_extraction import clip_prepro_feats, merge_feats
 from feature_extraction.config import ShardSpec, UsageError
@@ -80,3 +82,11 @@ def test_mismatched_shards_are_refused(runs, tiny_vit_pt, tmp_path, capsys):
     code = merge_feats.main(["--out", str(tmp_path / "m.h5"), str(shards[0]), str(shards[2])])
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("error: missing shard") and err.count("\n") == 1
+
+
+def test_script_form_reports_a_missing_shard_file(tmp_path):
+    proc = subprocess.run([sys.executable, str(REPO / "feature_extraction" / "merge_feats.py"), "--out",
+                           str(tmp_path / "m.h5"), str(tmp_path / "missing.h5")], capture_output=True, text=True,
+                          cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr == f"error: {tmp_path / 'missing.h5'}: no such feature file or directory\n"
