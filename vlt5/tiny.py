@@ -53,9 +53,11 @@ def tiny_config(**overrides: object) -> VLT5Config:
     return cfg.with_overrides(**overrides) if overrides else cfg
 
 
-def make_tiny_tokenizer_dir(directory: str | Path) -> Path:
-    """Train a 99-piece unigram sentencepiece model (T5 ids: pad 0, eos 1, unk 2, no BOS; one thread, so it is
-    deterministic) and save it as a t5-style tokenizer directory."""
+def make_tiny_tokenizer_dir(directory: str | Path, sentences: list[str] | None = None,
+                            vocab_size: int = TINY_SP_PIECES, model_type: str = "unigram") -> Path:
+    """Train a sentencepiece model (T5 ids: pad 0, eos 1, unk 2, no BOS; one thread, so it is deterministic) on
+    ``sentences`` (default :func:`tiny_sentences`: a 99-piece unigram model) and save it as a t5-style tokenizer
+    directory. With other sentences, ``vocab_size`` is an upper bound (a small corpus may support fewer)."""
     import sentencepiece as spm
     from transformers import T5Tokenizer
 
@@ -63,8 +65,8 @@ def make_tiny_tokenizer_dir(directory: str | Path) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(tiny_sentences()), model_writer=buf, vocab_size=TINY_SP_PIECES, model_type="unigram",
-        pad_id=0, eos_id=1, unk_id=2, bos_id=-1, num_threads=1, character_coverage=1.0, minloglevel=2)
+        sentence_iterator=iter(sentences or tiny_sentences()), model_writer=buf, vocab_size=vocab_size,
+        model_type=model_type, hard_vocab_limit=sentences is None, pad_id=0, eos_id=1, unk_id=2, bos_id=-1, num_threads=1, character_coverage=1.0, minloglevel=2)
     (directory / "spiece.model").write_bytes(buf.getvalue())
     tok = T5Tokenizer.from_pretrained(directory)  # converts spiece.model (needs protobuf)
     tok.save_pretrained(directory)

@@ -1,0 +1,77 @@
+"""Contrastive losses as small pure functions: tensors in, scalar out.
+
+* :func:`dpr_loss` — DPR-style softmax cross-entropy of each query over a shared candidate pool (Karpukhin et
+  al. 2020, "Dense Passage Retrieval", §3.2: positives, in-batch negatives and BM25 hard negatives), with cosine
+  similarity divided by a temperature and several positives per query allowed (the loss then maximises the
+  probability mass on the query's positives, ``-log Σ_{p∈P} softmax(s)_p``).
+* :func:`build_candidates` — the pool: the union, without repeats, of every query's positives and hard
+  negatives in the (global) batch, and which of them are positives of which query. A KB entry that is one
+  query's positive is an in-batch negative for every other query, unless it is also one of *their* positives.
+* :func:`clip_loss` — the symmetric image↔text InfoNCE of CLIP (Radford et al. 2021, Fig. 3), with soft
+  targets when a batch holds several items of the same class (used to pre-train the demo's tiny CLIP).
+
+The knowledge-base side is frozen CLIP embeddings, so gathering candidates across ranks needs no autograd:
+gather the ids (or rows), build the pool, and each rank scores its own queries against the global pool.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["build_candidates", "dpr_loss", "clip_loss"]
+
+
+def build_candidates(positives: Sequence[Sequence[str]], hard_negatives: Sequence[Sequence[str]] | None = None,
+                     queries: Sequence[int] | None = None) -> tuple[list[str], Tensor]:
+    """Candidate ids (first-seen order) and the (Q, C) boolean positive mask.
+
+    ``positives[i]`` / ``hard_negatives[i]`` are the KB ids of query i of the *global* batch; ``queries``
+    selects which rows of the mask to return (a rank's own queries), default all.
+    """
+    hard_negatives = hard_negatives if hard_negatives is not None else [[] for _ in positives]
+    if len(hard_negatives) != len(positives):
+        raise ValueError(f"{len(positives)} positive lists but {len(hard_negatives)} hard-negative lists")
+    index: dict[str, int] = {}
+    for pos, neg in zip(positives, hard_negatives):
+        for kb_id in list(pos) + list(neg):
+            index.setdefault(kb_id, len(index))
+    rows = list(range(len(positives))) if queries is None else list(queries)
+    mask = torch.zeros(len(rows), len(index), dtype=torch.bool)
+    for r, i in enumerate(rows):
+        if not positives[i]:
+            raise ValueError(f"query {i} of the batch has no positive")
+        mask[r, [index[p] for p in positives[i]]] = True
+    return list(index), mask
+
+
+def dpr_loss(queries: Tensor, candidates: Tensor, positive_mask: Tensor, temperature: Tensor | float) -> Tensor:
+    """Mean over queries of ``-log Σ_{p ∈ P_i} softmax_j(cos(q_i, c_j) / τ)_p``.
+
+    queries (Q, D) and candidates (C, D) are L2-normalised here (cosine), positive_mask is (Q, C) bool with at
+    least one True per row, temperature is a float or a scalar tensor (learnable τ).
+    """
+    q = F.normalize(queries.float(), dim=-1)  # (Q, D)
+    c = F.normalize(candidates.float(), dim=-1)  # (C, D)
+    scores = q @ c.T / temperature  # (Q, C)
+    positive = scores.masked_fill(~positive_mask, float("-inf"))  # (Q, C)
+    return (torch.logsumexp(scores, dim=-1) - torch.logsumexp(positive, dim=-1)).mean()
+
+
+def clip_loss(image_emb: Tensor, text_emb: Tensor, logit_scale: Tensor, labels: Tensor | None = None) -> Tensor:
+    """Symmetric InfoNCE between image and text embeddings (B, D) each; ``logit_scale`` is CLIP's
+    ``exp``-ed scale. With ``labels`` (B,), pairs sharing a label are all positives (targets spread evenly)."""
+    img = F.normalize(image_emb.float(), dim=-1)  # (B, D)
+    txt = F.normalize(text_emb.float(), dim=-1)  # (B, D)
+    logits = logit_scale * img @ txt.T  # (B, B)
+    if labels is None:
+        target = torch.eye(len(img), device=img.device)  # (B, B)
+    else:
+        same = (labels[:, None] == labels[None, :]).float()  # (B, B)
+        target = same / same.sum(dim=1, keepdim=True)
+    loss_i = -(target * F.log_softmax(logits, dim=1)).sum(1).mean()
+    loss_t = -(target.T * F.log_softmax(logits.T, dim=1)).sum(1).mean()
+    return (loss_i + loss_t) / 2
