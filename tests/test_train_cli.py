@@ -29,7 +29,8 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def extracted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Demo task + features written by clip_prepro_feats with a tiny ViT CLIP (32 px, 4x4 grid, embedding 48)."""
     root = tmp_path_factory.mktemp("extracted")
-    paths = write_demo_task(root, DemoTaskConfig(train_scenes=8, dev_scenes=3, test_scenes=3, image_size=32))
+    paths = write_demo_task(root, DemoTaskConfig(train_scenes=8, dev_scenes=3, test_scenes=3, image_size=32,
+                                                         questions_per_scene=2))
     clip = make_openai_clip(root / "clip.pt", TINY_VIT)
     common = ["--backbone", str(clip), "--num-workers", "0", "--threads", "1", "--batch-size", "32",
               "--no-progress", "--quiet", "--dtype", "float32"]

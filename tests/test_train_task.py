@@ -14,7 +14,8 @@ from adapters import is_adapter_param
 from adapters.policy import trainable_names
 from retrieval.training.cli import UsageError, config_fields, parse_config
 from retrieval.training.config import ModelConfig, OptimConfig, TrainConfig
-from retrieval.training.data import EpochBatches, load_kb, load_queries, open_features, sample_negatives
+from retrieval.training.batches import EpochBatches, TokenizedQuestions, sample_negatives
+from retrieval.training.data import load_kb, load_queries, open_features
 from retrieval.training.model import RetrievalTask, build_encoder, build_optimizer, lr_factor
 
 
@@ -36,7 +37,8 @@ def make_task(data: dict[str, Path], learn_temperature: bool = False, **model: o
                       fc_token=True, boxes="grid_cells", **model)  # type: ignore[arg-type]
     encoder = build_encoder(cfg, FC_DIM, GRID_TOKENS, GRID_DIM, kb.dim)
     task = RetrievalTask(encoder, kb.ids, torch.from_numpy(kb.vectors), 0.1, learn_temperature)
-    batch = EpochBatches(queries, store, encoder.tokenizer, encoder.config.inputs, 6, 2, seed=0, epoch=0)[0]
+    tokens = TokenizedQuestions(encoder.tokenizer, [q.question for q in queries], encoder.config.inputs)
+    batch = EpochBatches(queries, store, tokens, encoder.config.inputs, 6, 2, seed=0, epoch=0)[0]
     return task, batch
 
 
@@ -85,7 +87,8 @@ def test_batches_are_deterministic_and_ranks_split_the_global_batch(data: dict[s
     store = open_features(str(data["query_features"]))
     queries = load_queries(str(data["train"]), set(kb.ids), store, "train")
     task, _ = make_task(data)
-    tok, inputs = task.encoder.tokenizer, task.encoder.config.inputs
+    inputs = task.encoder.config.inputs
+    tok = TokenizedQuestions(task.encoder.tokenizer, [q.question for q in queries], inputs)
     whole = EpochBatches(queries, store, tok, inputs, 6, 2, seed=3, epoch=1)
     again = EpochBatches(queries, store, tok, inputs, 6, 2, seed=3, epoch=1)
     other_epoch = EpochBatches(queries, store, tok, inputs, 6, 2, seed=3, epoch=2)
@@ -103,6 +106,12 @@ def test_batches_are_deterministic_and_ranks_split_the_global_batch(data: dict[s
     by_id = {q.id: q for q in queries}
     for qid, negs in zip(whole[0]["query_ids"], whole[0]["negatives"]):
         assert len(negs) == 2 and set(negs) <= set(by_id[qid].hard_negatives)
+    # collation = the query encoder's own collator (same token ids, padding, visual tokens)
+    reference = task.encoder.collator(store)([by_id[i].question for i in whole[0]["query_ids"]],
+                                             [by_id[i].image for i in whole[0]["query_ids"]])
+    assert reference.keys() == whole[0]["inputs"].keys()
+    for key, value in reference.items():
+        assert torch.equal(value, whole[0]["inputs"][key]), key
     assert sample_negatives(["a", "b"], -1, 0, 0, 0) == ["a", "b"] and sample_negatives(["a"], 0, 0, 0, 0) == []
     with pytest.raises(ValueError, match="divisible"):
         EpochBatches(queries, store, tok, inputs, 6, 2, seed=0, epoch=0, rank=0, world_size=4)

@@ -46,7 +46,7 @@ def read_ids(path: Path, key: str = "id") -> list[str]:
 def make_data(root: Path, train: int = 12, dev: int = 4, test: int = 4) -> dict[str, Path]:
     """Demo-task files + random feature files + a tiny tokenizer under ``root``."""
     paths = write_demo_task(root, DemoTaskConfig(train_scenes=train, dev_scenes=dev, test_scenes=test,
-                                                 image_size=32))
+                                                 image_size=32, questions_per_scene=2))
     scenes = sorted(p.stem for p in (root / "images" / "scenes").glob("*.png"))
     paths["kb_features"] = write_features(root / "kb.h5", read_ids(paths["kb"]), seed=1)
     paths["query_features"] = write_features(root / "scenes.h5", scenes, grid=(GRID_TOKENS, GRID_DIM), seed=2)

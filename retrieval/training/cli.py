@@ -64,8 +64,7 @@ def _converter(kind: Any, optional: bool, flag: str) -> Any:
 
 
 def build_parser(description: str = "") -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m retrieval.train", description=description, allow_abbrev=False,
-                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = _Parser(prog="python -m retrieval.train", description=description, allow_abbrev=False)
     p.add_argument("--config", help="base config JSON (e.g. a run's config.json); other flags override it")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     for section, f, hint in config_fields():
@@ -80,9 +79,9 @@ def build_parser(description: str = "") -> argparse.ArgumentParser:
             kwargs["action"] = argparse.BooleanOptionalAction
         elif typing.get_origin(kind) is tuple:
             item = typing.get_args(kind)[0]
-            kwargs.update(nargs="+", type=_converter(item, False, flags[0]))
+            kwargs.update(nargs="+", type=_converter(item, False, flags[0]), metavar="K")
         else:
-            kwargs["type"] = _converter(kind, optional, flags[0])
+            kwargs.update(type=_converter(kind, optional, flags[0]), metavar=f.name.upper())
             if "choices" in f.metadata:
                 kwargs["choices"] = f.metadata["choices"]
             if "const" in f.metadata:

@@ -1,30 +1,22 @@
-"""Training data: frozen KB vectors, validated queries, and deterministic, resumable, shardable batches.
+"""Training data: frozen KB vectors, validated queries, query features (batches: :mod:`.batches`).
 
 * :func:`load_kb` — KB ids + L2-normalised CLIP vectors (image ``fc``, text ``fc`` or their mean) in KB order.
 * :func:`load_queries` — queries whose image is in the feature file and whose positives are in the KB.
 * :func:`open_features` — a feature file, held in memory when it fits (so the loader is never the bottleneck).
-* :class:`EpochBatches` — micro-batch ``m`` of epoch ``e`` is a pure function of ``(seed, e, m)``: the order is
-  a seeded permutation, each query's hard negatives are sampled with a generator seeded by its position. So a
-  resumed run only needs (epoch, step) to see the same data, and rank ``r`` of ``W`` takes the contiguous
-  slice ``r`` of every global micro-batch (the concatenation over ranks is the single-process batch).
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from torch.utils.data import DataLoader, Dataset
 
 from feature_extraction.store import FeatureFileError, Features, FeatureStore
 from retrieval.formats import KBEntry, Query, read_kb, read_queries
-from vlt5.inputs import QueryCollator, VisualInputConfig
 
 logger = logging.getLogger(__name__)
 
@@ -161,76 +153,3 @@ def feature_dims(store: FeatureStore) -> tuple[int, int | None, int | None]:
     if first.grid is None:
         return int(first.fc.shape[1]), None, None
     return int(first.fc.shape[1]), int(first.grid.shape[1]), int(first.grid.shape[2])
-
-
-# -- batches -----------------------------------------------------------------------------------------------------
-def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
-    """The query order of ``epoch`` (same on every rank and after a resume)."""
-    return np.random.default_rng([seed, epoch]).permutation(n)
-
-
-def sample_negatives(negatives: list[str], n: int, seed: int, epoch: int, position: int) -> list[str]:
-    """``n`` of a query's hard negatives (all if n < 0 or fewer exist), seeded by its place in the epoch."""
-    if n < 0 or len(negatives) <= n:
-        return list(negatives)
-    picks = np.random.default_rng([seed, 1, epoch, position]).choice(len(negatives), size=n, replace=False)
-    return [negatives[i] for i in sorted(picks)]
-
-
-class EpochBatches(Dataset):
-    """Item ``m`` = this rank's share of global micro-batch ``m`` of one epoch, collated:
-    ``{"inputs": encoder kwargs, "positives": [[kb id]], "negatives": [[kb id]], "query_ids": [id]}``."""
-
-    def __init__(self, queries: list[Query], store: FeatureStore, tokenizer: Any, inputs: VisualInputConfig,
-                 global_batch: int, hard_negatives: int, seed: int, epoch: int, rank: int = 0,
-                 world_size: int = 1) -> None:
-        if global_batch % world_size:
-            raise ValueError(f"batch size {global_batch} must be divisible by the number of processes {world_size}")
-        if len(queries) < global_batch:
-            raise ValueError(f"{len(queries)} training queries: fewer than one batch of {global_batch}")
-        self.queries, self.tokenizer, self.inputs = queries, tokenizer, inputs
-        self.memory = store if isinstance(store, InMemoryFeatures) else None  # shared with workers
-        self.store_path = store.path  # otherwise every process opens the file itself
-        self.global_batch, self.local = global_batch, global_batch // world_size
-        self.hard_negatives, self.seed, self.epoch, self.rank = hard_negatives, seed, epoch, rank
-        self.order = epoch_order(len(queries), seed, epoch)
-        self._collator: QueryCollator | None = None
-        self._pid = -1
-
-    def __len__(self) -> int:
-        return len(self.queries) // self.global_batch  # the last partial batch is dropped
-
-    def collator(self) -> QueryCollator:
-        if self._collator is None or self._pid != os.getpid():  # a DataLoader worker reopens the file
-            store = self.memory if self.memory is not None else FeatureStore.open(self.store_path)
-            self._collator, self._pid = QueryCollator(self.tokenizer, store, self.inputs), os.getpid()
-        return self._collator
-
-    def positions(self, m: int) -> range:
-        start = m * self.global_batch + self.rank * self.local
-        return range(start, start + self.local)
-
-    def __getitem__(self, m: int) -> dict[str, Any]:
-        if not 0 <= m < len(self):
-            raise IndexError(m)
-        qs = [self.queries[self.order[p]] for p in self.positions(m)]
-        negatives = [sample_negatives(q.hard_negatives, self.hard_negatives, self.seed, self.epoch, p)
-                     for q, p in zip(qs, self.positions(m))]
-        return {"inputs": self.collator()([q.question for q in qs], [q.image for q in qs]),
-                "positives": [list(q.positives) for q in qs], "negatives": negatives, "query_ids": [q.id for q in qs]}
-
-    def __getstate__(self) -> dict[str, Any]:  # sent to spawned workers without the open collator
-        return {**self.__dict__, "_collator": None, "_pid": -1}
-
-
-def _as_is(item: Any) -> Any:
-    return item
-
-
-def make_loader(batches: EpochBatches, start: int, stop: int, num_workers: int, prefetch: int,
-                pin_memory: bool) -> DataLoader:
-    """Micro-batches ``start .. stop-1`` in order. The generator keeps DataLoader off the global torch RNG
-    (it draws worker seeds from it), which an exact resume needs."""
-    return DataLoader(batches, batch_size=None, sampler=range(start, stop), num_workers=num_workers,
-                      prefetch_factor=prefetch if num_workers else None, collate_fn=_as_is, pin_memory=pin_memory,
-                      generator=torch.Generator().manual_seed(batches.seed * 1000 + batches.epoch))

@@ -31,7 +31,8 @@ from retrieval.training import checkpoint as ckpt
 from retrieval.training import distributed
 from retrieval.training.baselines import baseline_table, format_table
 from retrieval.training.config import TrainConfig
-from retrieval.training.data import EpochBatches, feature_dims, load_kb, load_queries, make_loader, open_features
+from retrieval.training.batches import EpochBatches, TokenizedQuestions, make_loader
+from retrieval.training.data import feature_dims, load_kb, load_queries, open_features
 from retrieval.training.evaluation import encode_queries, evaluate_vectors, flat_index
 from retrieval.training.logs import MetricLogger
 from retrieval.training.model import RetrievalTask, build_encoder, build_optimizer, build_scheduler
@@ -110,6 +111,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     scaler = torch.amp.GradScaler(env.device.type, enabled=cfg.optim.precision == "fp16")
     autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.optim.precision)
     kb_index = flat_index(kb.ids, kb.vectors)
+    tokens = TokenizedQuestions(encoder.tokenizer, [q.question for q in splits["train"]], encoder.config.inputs)
     trainable = [p for p in task.parameters() if p.requires_grad]
 
     # -- resume or fresh start ---------------------------------------------------------------------------------
@@ -180,7 +182,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     for epoch in range(state.epoch, cfg.loop.epochs):
         if state.global_step >= total_steps:
             break
-        batches = EpochBatches(splits["train"], store, encoder.tokenizer, encoder.config.inputs,
+        batches = EpochBatches(splits["train"], store, tokens, encoder.config.inputs,
                                cfg.data.batch_size, cfg.data.hard_negatives, cfg.loop.seed, epoch, env.rank,
                                env.world_size)
         start = state.step_in_epoch * accum
