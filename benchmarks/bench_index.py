@@ -21,6 +21,7 @@ import faiss
 import numpy as np
 
 from retrieval.indexing import IndexConfig, build_index
+from retrieval.indexing.config import hnsw_of
 from retrieval.indexing.synthetic import clustered_vectors
 from retrieval.indexing.tuning import recall_at_k
 
@@ -43,15 +44,19 @@ def paired(raw_fn, ours_fn, repeats: int) -> tuple[float, float, float]:
 
 def wrapper_vs_raw(index, queries: np.ndarray, k: int, repeats: int, singles: int) -> dict:
     raw = index.faiss_index
-    if index.meta.nprobe is not None:
-        faiss.extract_index_ivf(raw).nprobe = index.meta.nprobe  # the same setting, the raw-faiss way
+    if index.meta.nprobe is not None:  # the same settings, set the raw-faiss way
+        faiss.extract_index_ivf(raw).nprobe = index.meta.nprobe
+    if index.meta.ef_search is not None:
+        hnsw_of(raw).hnsw.efSearch = index.meta.ef_search
     q = queries.copy()
     faiss.normalize_L2(q)
     one = [q[i : i + 1] for i in range(singles)]
     one_raw = [queries[i : i + 1] for i in range(singles)]
     batch = paired(lambda: raw.search(q, k), lambda: index.search(queries, k), repeats)
     single = paired(lambda: [raw.search(x, k) for x in one], lambda: [index.search(x, k) for x in one_raw], repeats)
-    return {"factory": index.meta.factory, "param": f"nprobe={index.meta.nprobe}" if index.meta.nprobe else "",
+    param = f"nprobe={index.meta.nprobe}" if index.meta.nprobe else (
+        f"efSearch={index.meta.ef_search}" if index.meta.ef_search else "")
+    return {"factory": index.meta.factory, "param": param,
             "batch_queries": len(q), "batch_raw_s": batch[0], "batch_wrapper_s": batch[1], "batch_ratio": batch[2],
             "single_queries": singles, "single_raw_s": single[0], "single_wrapper_s": single[1],
             "single_ratio": single[2], "overhead_us_per_call": (single[1] - single[0]) / singles * 1e6}

@@ -119,6 +119,8 @@ def test_user_errors_are_clear(kb) -> None:
     x, names, _ = kb
     with pytest.raises(ValueError, match=r"duplicate KB id 'doc3' at rows 3 and 7"):
         build_index(x[:10], names[:7] + ["doc3"] + names[8:10], IndexConfig())
+    with pytest.raises(ValueError, match=r"empty KB id at row 2"):
+        build_index(x[:3], ["a", "b", ""], IndexConfig())
     with pytest.raises(IndexConfigError, match=r"needs at least 1024 training vectors.*has 500"):
         build_index(x[:500], names[:500], IndexConfig(factory="IVF1024,Flat"))
     with pytest.raises(IndexConfigError, match="invalid faiss factory string 'IVFoops'"):

@@ -32,6 +32,9 @@ def check_unique_ids(ids: Sequence[str] | np.ndarray, where: str = "ids") -> np.
     array = np.asarray(ids, dtype=str)  # (N,) unicode: 4 bytes × longest id per row, no Python objects
     if array.ndim != 1:
         raise ValueError(f"{where}: ids must be a flat list of strings")
+    empty = np.flatnonzero(array == "")
+    if len(empty):
+        raise ValueError(f"{where}: empty KB id at row {empty[0]} ('' marks a missing search result)")
     order = np.argsort(array, kind="stable")
     ranked = array[order]
     dup = np.flatnonzero(ranked[1:] == ranked[:-1])
@@ -130,11 +133,11 @@ def build_index(vectors: np.ndarray | BatchSource, ids: Sequence[str], cfg: Inde
         seen += len(batch)
     if seen != n:
         raise ValueError(f"{(source or {}).get('path', 'vectors')}: {seen} vectors for {n} ids")
+    index = to_cpu(index)  # calibrate with CPU SearchParameters (GPU indexes do not take them)
     tuned = calibrate(index, cal, cfg) if n_cal else {}
     if n_cal:
         index.add(cal)
     order = np.concatenate([np.delete(np.arange(n), cal_rows), cal_rows])  # faiss row → input row
-    index = to_cpu(index)
     build["add_seconds"] = round(time.perf_counter() - t_add, 3)
 
     meta = IndexMeta(dim=dim, count=n, factory=factory, config=cfg, nprobe=cfg.nprobe, ef_search=cfg.ef_search,

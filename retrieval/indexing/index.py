@@ -172,7 +172,9 @@ class Index:
                                  f"{paths[META_FILE].name} says dim {meta.dim}, count {meta.count}")
         meta.nprobe = nprobe or meta.nprobe
         meta.ef_search = ef_search or meta.ef_search
-        return cls(to_gpu(index) if use_gpu else index, ids, meta)
+        if use_gpu:
+            index = to_gpu(index, meta.nprobe)
+        return cls(index, ids, meta)
 
     def __repr__(self) -> str:
         return (f"Index({self.meta.factory!r}, n={len(self)}, dim={self.dim}, nprobe={self.meta.nprobe}, "
@@ -184,14 +186,19 @@ def gpu_supported(index: faiss.Index) -> bool:
     return faiss.get_num_gpus() > 0 and hnsw_of(index) is None and hasattr(faiss, "index_cpu_to_all_gpus")
 
 
-def to_gpu(index: faiss.Index) -> faiss.Index:
-    """Clone to all GPUs when possible (Flat / IVF / PQ / SQ); otherwise return ``index`` unchanged."""
+def to_gpu(index: faiss.Index, nprobe: int | None = None) -> faiss.Index:
+    """Clone to all GPUs when possible (Flat / IVF / PQ / SQ); otherwise return ``index`` unchanged. GPU indexes
+    do not take per-call SearchParameters, so the default ``nprobe`` is set on the clone (per-call overrides are
+    ignored there)."""
     if not gpu_supported(index):
         logger.info("GPU search not available for this index/machine; searching on CPU")
         return index
     options = faiss.GpuMultipleClonerOptions()
     options.useFloat16 = True  # fp16 lookup tables for IVF-PQ (GPU guideline); no effect on Flat storage
-    return faiss.index_cpu_to_all_gpus(index, co=options)
+    gpu_index = faiss.index_cpu_to_all_gpus(index, co=options)
+    if nprobe is not None and ivf_of(index) is not None:
+        faiss.GpuParameterSpace().set_index_parameter(gpu_index, "nprobe", nprobe)
+    return gpu_index
 
 
 def to_cpu(index: faiss.Index) -> faiss.Index:
