@@ -197,3 +197,33 @@ class H5FeatureStore(FeatureStore):
     def close(self) -> None:
         if self._file.id.valid:
             self._file.close()
+
+
+class MemoryFeatureStore(FeatureStore):
+    """Features held in memory (e.g. one uploaded image encoded on the fly), behind the same interface.
+
+    ``fc`` (N, D) and optional ``grid`` (N, T, C) rows belong to ``ids``; ``attrs`` should carry ``grid_hw``
+    when there is a grid (the collator reads it)."""
+
+    def __init__(self, ids: Sequence[str], fc: np.ndarray, grid: np.ndarray | None = None,
+                 attrs: dict[str, Any] | None = None, path: str | Path = "<memory>") -> None:
+        self.path = Path(path)
+        self._ids = list(ids)
+        self._fc = np.asarray(fc)
+        self._grid = None if grid is None else np.asarray(grid)
+        self._attrs = dict(attrs or {})
+        if len(self._fc) != len(self._ids) or (self._grid is not None and len(self._grid) != len(self._ids)):
+            raise FeatureFileError(f"{self.path}: ids, fc and grid must have the same number of rows")
+
+    @property
+    def ids(self) -> list[str]:
+        return self._ids
+
+    @property
+    def attrs(self) -> dict[str, Any]:
+        return self._attrs
+
+    def get_many(self, ids: Sequence[str]) -> Features:
+        ids = list(ids)
+        rows = self.rows(ids)
+        return Features(ids=ids, fc=self._fc[rows], grid=None if self._grid is None else self._grid[rows])

@@ -1,0 +1,176 @@
+"""A small searchable world for the search / server / browser tests, built with the real pipeline.
+
+Demo-task data (a 64-entity KB with reference PNGs, a few scene queries) -> the tiny OpenAI-format ViT CLIP ->
+feature files through ``feature_extraction.extract`` (KB images: fc; scenes: fc + 4x4 grid; questions: text fc)
+-> a Flat index -> a random tiny :class:`vlt5.QueryEncoder` saved with ``save_pretrained`` and a ``backbone.json``.
+Built once per test session (a marker file makes later calls reuse it, whichever module asks first).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class World:
+    root: Path
+    clip: Path
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def kb(self) -> Path:
+        return self.data / "kb.jsonl"
+
+    @property
+    def queries(self) -> Path:
+        return self.data / "queries.test.jsonl"
+
+    @property
+    def index(self) -> Path:
+        return self.root / "index"
+
+    @property
+    def encoder(self) -> Path:
+        return self.root / "encoder"
+
+    def features(self, name: str) -> Path:
+        return self.root / "features" / f"{name}.h5"
+
+    def scene(self, scene_id: str) -> Path:
+        return self.data / "images" / "scenes" / f"{scene_id}.png"
+
+    def first_queries(self, n: int) -> list[dict]:
+        return [json.loads(line) for line in self.queries.read_text().splitlines()[:n]]
+
+
+def build_world(root: Path, clip_pt: Path) -> World:
+    """Everything the search tests need under ``root`` (reused when already complete)."""
+    world = World(root, clip_pt)
+    if (root / "DONE").is_file():
+        return world
+    import torch
+
+    from feature_extraction.config import ExtractConfig
+    from feature_extraction.extract import extract
+    from retrieval.demo.task import DemoTaskConfig, write_demo_task
+    from retrieval.indexing import IndexConfig, build_index_from_features
+    from retrieval.querying import write_backbone_record
+    from vlt5 import QueryEncoder, QueryEncoderConfig, VisualConfig, VLT5Config, load_tokenizer
+    from vlt5.tiny import make_tiny_tokenizer_dir
+
+    write_demo_task(world.data, DemoTaskConfig(train_scenes=2, dev_scenes=2, test_scenes=6, image_size=32,
+                                               questions_per_scene=2))
+    (root / "features").mkdir(parents=True, exist_ok=True)
+    jobs = {"kb_image": dict(images=world.data / "images" / "kb", grid=False),
+            "scenes": dict(images=world.data / "images" / "scenes", grid=True),
+            "questions": dict(texts=world.data / "questions.jsonl", grid=False)}
+    for name, job in jobs.items():
+        extract(ExtractConfig(out=world.features(name), backbone=str(clip_pt), batch_size=64, num_workers=0,
+                              dtype="float32", progress=False, **job))  # type: ignore[arg-type]
+    build_index_from_features(world.features("kb_image"), IndexConfig(factory="Flat")).save(world.index)
+    tokenizer = load_tokenizer(make_tiny_tokenizer_dir(root / "tokenizer"))
+    torch.manual_seed(0)
+    model = VLT5Config(vocab_size=len(tokenizer), d_model=24, d_kv=8, d_ff=20, num_layers=1, num_heads=2,
+                       dropout_rate=0.0, visual=VisualConfig(feat_dim=128))  # tiny ViT grid width 128
+    qe = QueryEncoder(QueryEncoderConfig(model=model, proj_dim=48), tokenizer=tokenizer)  # 48 = CLIP embed dim
+    qe.save_pretrained(world.encoder)
+    from feature_extraction.store import FeatureStore
+
+    with FeatureStore.open(world.features("scenes")) as store:
+        write_backbone_record(world.encoder, store.attrs)
+    (root / "DONE").write_text("ok")
+    return world
+
+
+def brute_force_topk(world: World, query: np.ndarray, k: int) -> tuple[list[str], np.ndarray]:
+    """Exact cosine top-k over the KB image features (the reference for every search result)."""
+    from feature_extraction.store import FeatureStore
+
+    with FeatureStore.open(world.features("kb_image")) as store:
+        ids, kb = store.ids, np.asarray(store.get_many(store.ids).fc, dtype=np.float64)
+    kb /= np.linalg.norm(kb, axis=1, keepdims=True)
+    q = np.asarray(query, dtype=np.float64) / np.linalg.norm(query)
+    scores = kb @ q
+    order = np.argsort(-scores, kind="stable")[:k]
+    return [ids[i] for i in order], scores[order]
+
+
+def run_cli(script: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    """``python retrieval/<script> ARGS`` in a fresh process (as a user runs it)."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, str(REPO / "retrieval" / script), *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class ServerProcess:
+    """``python retrieval/serve.py ...`` on 127.0.0.1 and a free port; waits (bounded) for ``/health``."""
+
+    def __init__(self, world: World, *extra: str, startup_s: float = 90) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+        cmd = [sys.executable, str(REPO / "retrieval" / "serve.py"), "--index", str(world.index), "--encoder",
+               str(world.encoder), "--kb", str(world.kb), "--images", str(world.data), "--port", str(self.port),
+               *extra]
+        self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     text=True)
+        deadline = time.monotonic() + startup_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}: {self.proc.stdout.read()}")
+            try:
+                if httpx.get(self.url + "/health", timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"server did not answer /health within {startup_s} s")
+
+    def stop(self) -> str:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=15)
+        return self.proc.stdout.read() if self.proc.stdout else ""
+
+    def __enter__(self) -> ServerProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def make_world_fixture():  # noqa: ANN201 - a pytest fixture factory
+    """The session fixture ``world`` for a test module: ``world = make_world_fixture()``."""
+    import pytest
+
+    @pytest.fixture(scope="session")
+    def world(tiny_vit_pt: Path, tmp_path_factory: pytest.TempPathFactory) -> World:
+        return build_world(tmp_path_factory.getbasetemp() / "search_world", tiny_vit_pt)
+
+    return world
