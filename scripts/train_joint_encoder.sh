@@ -55,7 +55,7 @@ args=(--kb "$KB" --kb-features "$KB_FEATURES" --train-queries "$TRAIN" --query-f
 [[ -f "$KB_TEXT_FEATURES" ]] && args+=(--kb-text-features "$KB_TEXT_FEATURES" --kb-side mean)
 # The tiny random-init configuration of the demo (every value can be overridden by "$@").
 args+=(--init random --d-model 128 --num-layers 2 --num-heads 4 --d-kv 32 --d-ff 256 --pooling attention
-       --fc-token --boxes grid_cells --pool-grid-to 4 --batch-size 32 --hard-negatives 3 --epochs 20
+       --fc-token --boxes grid_cells --pool-grid-to 4 --batch-size 32 --hard-negatives 3 --epochs 8
        --lr-head 1e-3 --lr-visual 1e-3 --lr-backbone 1e-3 --learn-temperature)
 
 echo "training: outputs under $OUT (config.json, log.jsonl, init/ best/ last/, comparison.json)"

@@ -69,6 +69,15 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def changed_settings(saved: Path, cfg: TrainConfig) -> list[str]:
+    """``section.field`` names whose value differs from the run's saved config (``loop.resume`` aside)."""
+    if not saved.is_file():
+        return []
+    old, new = json.loads(saved.read_text()), json.loads(json.dumps(cfg.to_dict()))
+    return [f"{s}.{k}" for s, fields in new.items() if isinstance(fields, dict) for k, v in fields.items()
+            if old.get(s, {}).get(k) != v and (s, k) != ("loop", "resume")]
+
+
 def train(cfg: TrainConfig) -> TrainResult:
     # -- setup -------------------------------------------------------------------------------------------------
     with user_errors():
@@ -131,6 +140,9 @@ def train(cfg: TrainConfig) -> TrainResult:
         ckpt.set_rng_state(rngs[env.rank % len(rngs)])
         logger.info("resumed from %s: epoch %d, step %d of the epoch, global step %d", last, state.epoch,
                     state.step_in_epoch, state.global_step)
+        changed = changed_settings(run_dir / "config.json", cfg)
+        if changed and env.is_main:
+            logger.warning("resuming with changed settings %s (config.json keeps the first start's)", changed)
     else:
         if env.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
