@@ -123,16 +123,19 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-class ServerProcess:
-    """``python retrieval/serve.py ...`` on 127.0.0.1 and a free port; waits (bounded) for ``/health``."""
+def server_args(world: World) -> list[str]:
+    return ["--index", str(world.index), "--encoder", str(world.encoder), "--kb", str(world.kb), "--images",
+            str(world.data)]
 
-    def __init__(self, world: World, *extra: str, startup_s: float = 90) -> None:
+
+class ServerProcess:
+    """``python retrieval/serve.py ARGS`` on 127.0.0.1 and a free port; waits (bounded) for ``/health``."""
+
+    def __init__(self, args: list[str], startup_s: float = 90) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-        cmd = [sys.executable, str(REPO / "retrieval" / "serve.py"), "--index", str(world.index), "--encoder",
-               str(world.encoder), "--kb", str(world.kb), "--images", str(world.data), "--port", str(self.port),
-               *extra]
+        cmd = [sys.executable, str(REPO / "retrieval" / "serve.py"), *args, "--port", str(self.port)]
         self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                      text=True)
         deadline = time.monotonic() + startup_s

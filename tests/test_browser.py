@@ -10,7 +10,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from helpers_search import ServerProcess, World, make_world_fixture
+from helpers_search import ServerProcess, World, make_world_fixture, server_args
 
 from retrieval.querying import image_from_path, open_searcher
 
@@ -59,7 +59,7 @@ def test_page_in_headless_chromium(world: World, driver, tmp_path: Path) -> None
 
     scene = world.scene("test-00001")
     expected = open_searcher(world.index, world.kb, str(world.encoder)).search(QUESTION, image_from_path(scene), 6)
-    with ServerProcess(world) as server:
+    with ServerProcess(server_args(world)) as server:
         driver.get(server.url + "/")
         wait = WebDriverWait(driver, 60)
         wait.until(ec.text_to_be_present_in_element((By.ID, "health"), "KB vectors"))

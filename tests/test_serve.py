@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 from fastapi.testclient import TestClient
-from helpers_search import ServerProcess, World, make_world_fixture
+from helpers_search import ServerProcess, World, make_world_fixture, server_args
 from PIL import Image
 
 from retrieval.formats import KBEntry, read_queries
@@ -157,7 +157,7 @@ def test_real_uvicorn_answers_200_concurrent_requests(world: World, searcher) ->
     queries = read_queries(world.queries)
     expected = {q.id: searcher.search(q.question, image_from_path(world.scene(q.image)), 5)[0].id for q in queries}
     images = {q.image: world.scene(q.image).read_bytes() for q in queries}
-    with ServerProcess(world) as server, httpx.Client(timeout=60) as http:
+    with ServerProcess(server_args(world)) as server, httpx.Client(timeout=60) as http:
 
         def one(n: int) -> tuple[str, int, str | None]:
             q = queries[n % len(queries)]

@@ -204,11 +204,12 @@ def create_app(searcher: Searcher, cfg: ServerConfig) -> FastAPI:
                 "encoder": searcher.encoder.describe(), "limits": cfg.limits(), **cfg.extra}
 
     @app.post("/search")
-    async def search(request: Request) -> dict[str, Any]:
+    async def search(request: Request) -> JSONResponse:
         form = await parse_form(request, await read_body(request, cfg.max_body_bytes))
         question, data, k = await parse_query(form, cfg, searcher)
         hits = await run_in_threadpool(run_search, question, data, k)
-        return {"k": k, "question": question, "hits": [{**h.to_json(), "thumbnail": thumbnail(h.id)} for h in hits]}
+        return JSONResponse({"k": k, "question": question,  # plain types: no response-model encoding pass
+                             "hits": [{**h.to_json(), "thumbnail": thumbnail(h.id)} for h in hits]})
 
     @app.get("/kb-image/{doc_id:path}")
     async def kb_image(doc_id: str) -> FileResponse:

@@ -136,14 +136,14 @@ class Searcher:
                              f"{self.index.dim} (encoder and index must share one CLIP space)")
         if self.passages is None:
             scores, ids = self.index.search(vectors, k)  # (Q, k), (Q, k)
-            return [[(str(i), float(s)) for i, s in zip(row_ids, row_scores) if i] for row_ids, row_scores in
-                    zip(ids, scores)]
+            return [[(i, s) for i, s in zip(row_ids, row_scores) if i] for row_ids, row_scores in
+                    zip(ids.tolist(), scores.tolist())]  # tolist: plain str/float at C speed
         out: list[list[tuple[str, float]]] = [[] for _ in range(len(vectors))]
         todo, n_articles = list(range(len(vectors))), min(k, len(self.index))
         while todo:  # k articles give k passages unless some articles have none: then look further
             scores, ids = self.index.search(vectors[todo], n_articles)
             for row, q in enumerate(todo):
-                out[q] = self.passages.expand([i for i in ids[row] if i], scores[row].tolist(), k)
+                out[q] = self.passages.expand([i for i in ids[row].tolist() if i], scores[row].tolist(), k)
             todo = [q for q in todo if len(out[q]) < k] if n_articles < len(self.index) else []
             n_articles = min(2 * n_articles, len(self.index))
         return out
