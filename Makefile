@@ -4,6 +4,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+BROWSER := $(VENV)/.browser
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
@@ -18,7 +19,12 @@ $(STAMP): pyproject.toml requirements.txt
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
-test: $(STAMP)
+# Debian's chromium + chromedriver for the page test (apt; only `make test` needs them).
+$(BROWSER): scripts/install_browser.sh $(STAMP)
+	bash scripts/install_browser.sh
+	touch $(BROWSER)
+
+test: $(STAMP) $(BROWSER)
 	$(PY) -m pytest -q
 
 test-fast: $(STAMP)
@@ -29,6 +35,9 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_extract.py
+	$(PY) benchmarks/bench_index.py
+	$(PY) benchmarks/bench_train.py
+	$(PY) benchmarks/bench_serve.py
 
 clean:
 	rm -rf runs/ .pytest_cache

@@ -223,6 +223,23 @@ class MemoryFeatureStore(FeatureStore):
     def attrs(self) -> dict[str, Any]:
         return self._attrs
 
+    @classmethod
+    def from_store(cls, source: FeatureStore, batch_size: int = 4096) -> MemoryFeatureStore:
+        """A whole feature file read into RAM as float32 (bounded reads: ``batch_size`` rows at a time)."""
+        parts = list(source.batches(batch_size))
+        fc = np.concatenate([b.fc for b in parts]).astype(np.float32)  # (N, D)
+        grid = np.concatenate([b.grid for b in parts]).astype(np.float32) \
+            if parts and parts[0].grid is not None else None  # (N, T, C)
+        return cls(source.ids, fc, grid, source.attrs, source.path)
+
+    @property
+    def fc(self) -> np.ndarray:
+        return self._fc
+
+    @property
+    def grid(self) -> np.ndarray | None:
+        return self._grid
+
     def get_many(self, ids: Sequence[str]) -> Features:
         ids = list(ids)
         rows = self.rows(ids)

@@ -19,6 +19,7 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 __all__ = ["TinyClipSpec", "TINY_VIT", "TINY_RESNET", "VIT_B32", "make_openai_clip", "make_hf_clip", "photo",
@@ -128,7 +129,7 @@ def make_hf_clip(directory: str | Path, seed: int = 0, image_size: int = 32, n_m
     return directory
 
 
-def photo(index: int) -> "np.ndarray":
+def photo(index: int) -> np.ndarray:
     """Bundled scikit-image colour photo number ``index`` (modulo the list), as an (H, W, 3) uint8 array."""
     import skimage.data
 

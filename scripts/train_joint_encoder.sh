@@ -9,7 +9,7 @@
 #
 # Paths come from environment variables (defaults: the layout `python -m retrieval.demo.prepare --out runs/demo`
 # writes, which this script runs when the demo data are missing): DEMO, DATA, FEATURES, KB, TRAIN, DEV, TEST,
-# KB_FEATURES, KB_TEXT_FEATURES, QUERY_FEATURES, QUESTION_FEATURES, TOKENIZER, OUT (default $DEMO/train).
+# KB_FEATURES, KB_SIDE (image|text|mean), KB_TEXT_FEATURES, QUERY_FEATURES, QUESTION_FEATURES, TOKENIZER, OUT (default $DEMO/train).
 # Flags given on the command line ("$@") come last and win. See docs/training.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,6 +33,7 @@ QUESTION_FEATURES=${QUESTION_FEATURES:-$FEATURES/questions.h5}
 TOKENIZER=${TOKENIZER:-$DEMO/tokenizer}
 OUT=${OUT:-$DEMO/train}
 NPROC=${NPROC:-1}
+KB_SIDE=${KB_SIDE:-image}
 
 if [[ ! -f "$KB" || ! -f "$QUERY_FEATURES" ]]; then
   if [[ "$KB" == "$DEMO/data/kb.jsonl" && "$QUERY_FEATURES" == "$DEMO/features/scenes.h5" ]]; then
@@ -52,10 +53,12 @@ args=(--kb "$KB" --kb-features "$KB_FEATURES" --train-queries "$TRAIN" --query-f
 [[ -f "$DEV" ]] && args+=(--dev-queries "$DEV")
 [[ -f "$TEST" ]] && args+=(--test-queries "$TEST")
 [[ -f "$QUESTION_FEATURES" ]] && args+=(--question-features "$QUESTION_FEATURES")
-[[ -f "$KB_TEXT_FEATURES" ]] && args+=(--kb-text-features "$KB_TEXT_FEATURES" --kb-side mean)
+# KB side: the CLIP image embeddings of the entries (KB_SIDE=text|mean also use the passages' text embeddings).
+if [[ "$KB_SIDE" != image ]]; then args+=(--kb-text-features "$KB_TEXT_FEATURES" --kb-side "$KB_SIDE"); fi
 # The tiny random-init configuration of the demo (every value can be overridden by "$@").
+# The demo CLIP's grid is 2x2 (one token per scene quadrant) + the fc token.
 args+=(--init random --d-model 128 --num-layers 2 --num-heads 4 --d-kv 32 --d-ff 256 --pooling attention
-       --fc-token --boxes grid_cells --pool-grid-to 4 --batch-size 32 --hard-negatives 3 --epochs 8
+       --fc-token --boxes grid_cells --batch-size 32 --hard-negatives 3 --epochs 4
        --lr-head 1e-3 --lr-visual 1e-3 --lr-backbone 1e-3 --learn-temperature)
 
 echo "training: outputs under $OUT (config.json, log.jsonl, init/ best/ last/, comparison.json)"

@@ -23,9 +23,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from feature_extraction.store import FeatureStore
+from feature_extraction.store import FeatureStore, MemoryFeatureStore
 from retrieval.formats import Query
-from retrieval.training.data import InMemoryFeatures
 from vlt5.inputs import VisualInputConfig, grid_hw_of, visual_inputs
 
 logger = logging.getLogger(__name__)
@@ -84,7 +83,7 @@ class EpochBatches(Dataset):
         if len(queries) < global_batch:
             raise ValueError(f"{len(queries)} training queries: fewer than one batch of {global_batch}")
         self.queries, self.tokens, self.inputs = queries, tokens, inputs
-        self.memory = store if isinstance(store, InMemoryFeatures) else None  # shared with workers
+        self.memory = store if isinstance(store, MemoryFeatureStore) else None  # shared with workers
         self.store_path = store.path  # otherwise every process opens the file itself
         self.grid_hw = grid_hw_of(store.attrs, store.get_many(store.ids[:1]).grid.shape[1], str(store.path)) \
             if inputs.grid else None

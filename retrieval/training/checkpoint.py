@@ -117,13 +117,24 @@ def write_atomically(run_dir: Path, name: str, write: Callable[[Path], None], st
     return final
 
 
+def save_encoder(directory: Path, encoder: QueryEncoder, feature_attrs: dict[str, Any] | None) -> None:
+    """The encoder + ``backbone.json`` naming the CLIP backbone of its query features (when they record one), so
+    the search CLI and server encode new images with the same backbone without the training files."""
+    from retrieval.querying.backbone_ref import record_from_attrs, write_backbone_record
+
+    encoder.save_pretrained(directory)
+    if feature_attrs is not None and record_from_attrs(feature_attrs) is not None:
+        write_backbone_record(directory, feature_attrs)
+
+
 def save_checkpoint(run_dir: Path, name: str, encoder: QueryEncoder, train_config: dict[str, Any],
-                    state: TrainerState, metrics: dict[str, Any], training: dict[str, Any] | None) -> Path:
+                    state: TrainerState, metrics: dict[str, Any], training: dict[str, Any] | None,
+                    feature_attrs: dict[str, Any] | None = None) -> Path:
     """Write checkpoint ``name`` (``last``/``best``); ``training`` (optimizer, scheduler, scaler, temperature,
-    rngs) is stored when given."""
+    rngs) is stored when given; ``feature_attrs`` are the query feature file's attrs (see :func:`save_encoder`)."""
 
     def write(directory: Path) -> None:
-        encoder.save_pretrained(directory)
+        save_encoder(directory, encoder, feature_attrs)
         (directory / TRAIN_CONFIG).write_text(json.dumps(train_config, indent=2) + "\n")
         (directory / METRICS).write_text(json.dumps(metrics, indent=2) + "\n")
         if training is not None:

@@ -8,14 +8,12 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from feature_extraction.store import FeatureFileError, Features, FeatureStore
+from feature_extraction.store import FeatureFileError, FeatureStore, MemoryFeatureStore
 from retrieval.formats import KBEntry, Query, read_kb, read_queries
 
 logger = logging.getLogger(__name__)
@@ -105,31 +103,6 @@ def load_queries(path: str, kb_ids: set[str], store: FeatureStore | None, split:
     return queries
 
 
-class InMemoryFeatures(FeatureStore):
-    """A whole feature file in RAM (``fc`` and ``grid`` as float32 arrays); same interface as the file."""
-
-    def __init__(self, source: FeatureStore) -> None:
-        self.path = source.path
-        self._ids = list(source.ids)
-        self._attrs = dict(source.attrs)
-        batches = list(source.batches(4096))
-        self.fc = np.concatenate([b.fc for b in batches]).astype(np.float32)  # (N, D)
-        self.grid = np.concatenate([b.grid for b in batches]).astype(np.float32) \
-            if batches and batches[0].grid is not None else None  # (N, T, C)
-
-    @property
-    def ids(self) -> list[str]:
-        return self._ids
-
-    @property
-    def attrs(self) -> dict[str, Any]:
-        return self._attrs
-
-    def get_many(self, ids: Sequence[str]) -> Features:
-        rows = self.rows(ids)
-        return Features(ids=list(ids), fc=self.fc[rows], grid=None if self.grid is None else self.grid[rows])
-
-
 def feature_bytes(store: FeatureStore) -> int:
     """Bytes of fc + grid once held as float32."""
     first = store.get_many(store.ids[:1])
@@ -140,7 +113,7 @@ def feature_bytes(store: FeatureStore) -> int:
 def open_features(path: str, cache: str = "auto", max_gb: float = 4.0) -> FeatureStore:
     store = FeatureStore.open(path)
     if cache == "yes" or (cache == "auto" and feature_bytes(store) <= max_gb * 2**30):
-        memory = InMemoryFeatures(store)
+        memory = MemoryFeatureStore.from_store(store)
         store.close()
         logger.info("%s: %d items held in memory", path, len(memory))
         return memory

@@ -19,7 +19,6 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -148,7 +147,7 @@ def train(cfg: TrainConfig) -> TrainResult:
             run_dir.mkdir(parents=True, exist_ok=True)
             cfg.save(run_dir / "config.json")
             if cfg.loop.save_init:
-                ckpt.write_atomically(run_dir, "init", encoder.save_pretrained, 0)
+                ckpt.write_atomically(run_dir, "init", lambda d: ckpt.save_encoder(d, encoder, store.attrs), 0)
             if cfg.eval.baselines:
                 tables = {split: baseline_table(qs, kb, store, questions, {"joint_untrained": encoder},
                                                 metrics_names, cfg.eval.encode_batch_size)
@@ -175,7 +174,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         log.log("dev", state.global_step, {**dev, "epoch": state.epoch})
         if state.best_metric is None or dev[select] > state.best_metric:
             state.best_metric, state.best_step = dev[select], state.global_step
-            ckpt.save_checkpoint(run_dir, "best", encoder, train_config, state, {"dev": dev}, None)
+            ckpt.save_checkpoint(run_dir, "best", encoder, train_config, state, {"dev": dev}, None, store.attrs)
 
     def save_last(dev: dict[str, float] | None) -> None:
         rngs = distributed.gather_objects(ckpt.rng_state(), env)  # a collective: every rank calls it
@@ -183,7 +182,8 @@ def train(cfg: TrainConfig) -> TrainResult:
             training = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                         "scaler": scaler.state_dict(), "log_temperature": task.log_temperature.detach().cpu(),
                         "rng": rngs}
-            ckpt.save_checkpoint(run_dir, "last", encoder, train_config, state, {"dev": dev}, training)
+            ckpt.save_checkpoint(run_dir, "last", encoder, train_config, state, {"dev": dev}, training,
+                                 store.attrs)
         distributed.barrier(env)
         ckpt.maybe_kill("after_save", state.global_step)
 

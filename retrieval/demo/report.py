@@ -1,0 +1,58 @@
+"""Small printing helpers of ``scripts/demo.sh``: the test-split comparison table and the example query.
+
+    python -m retrieval.demo.report --comparison runs/demo/comparison.json
+    python -m retrieval.demo.report --example runs/demo/data/queries.test.jsonl     # question<TAB>image<TAB>answer
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+ROWS = {"clip_image": "CLIP image-only (query image fc vs KB)", "clip_text": "CLIP text-only (question vs KB)",
+        "joint_untrained": "joint encoder, before training", "joint": "joint encoder, trained"}
+GOAL_MRR, GOAL_RATIO = 0.8, 2.0
+
+
+def comparison_table(comparison: dict[str, dict[str, float]]) -> str:
+    metrics = list(next(iter(comparison.values())))
+    lines = [f"{'run':<42}" + "".join(f"{m:>12}" for m in metrics)]
+    lines += [f"{ROWS.get(name, name):<42}" + "".join(f"{row[m]:>12.4f}" for m in metrics)
+              for name, row in comparison.items()]
+    return "\n".join(lines)
+
+
+def verdict(comparison: dict[str, dict[str, float]]) -> str:
+    """One line: does the trained joint encoder reach the demo's goals (MRR@10 >= 0.8, >= 2x the best baseline)?"""
+    joint = comparison["joint"]["mrr@10"]
+    best = max(comparison["clip_image"]["mrr@10"], comparison["clip_text"]["mrr@10"])
+    ok = joint >= GOAL_MRR and joint >= GOAL_RATIO * best
+    return (f"joint MRR@10 {joint:.3f} = {joint / max(best, 1e-9):.1f}x the best CLIP baseline ({best:.3f}): "
+            f"{'goal met' if ok else 'GOAL MISSED'} (>= {GOAL_MRR} and >= {GOAL_RATIO}x)")
+
+
+def example(queries: Path) -> str:
+    """The first test query asked by colour (it needs the image to tell the shape): question, image, answer."""
+    records = [json.loads(line) for line in queries.read_text().splitlines() if line.strip()]
+    record = next((r for r in records if r.get("kind") == "color"), records[0])
+    return f"{record['question']}\timages/scenes/{record['image']}.png\t{record['positives'][0]}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--comparison", type=Path)
+    p.add_argument("--example", type=Path)
+    args = p.parse_args(argv)
+    if args.comparison:
+        comparison = json.loads(args.comparison.read_text())
+        print(comparison_table(comparison))
+        print(verdict(comparison))
+    if args.example:
+        print(example(args.example))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
