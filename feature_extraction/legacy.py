@@ -70,13 +70,7 @@ class VLT5H5Store(FeatureStore):
         self._file = h5py.File(self.path, "r")
         self._ids = [k for k, v in self._file.items() if isinstance(v, h5py.Group) and "features" in v]
 
-    @property
-    def ids(self) -> list[str]:
-        return self._ids
-
-    @property
-    def attrs(self) -> dict[str, Any]:
-        return {"layout": "vl-t5-h5"}
+    _attrs = {"layout": "vl-t5-h5"}
 
     has_grid = True
 
@@ -97,13 +91,7 @@ class VLAdapterDirStore(FeatureStore):
         self._files = {p.relative_to(self.path).with_suffix("").as_posix(): p for p in sorted(self.path.rglob("*.h5"))}
         self._ids = list(self._files)
 
-    @property
-    def ids(self) -> list[str]:
-        return self._ids
-
-    @property
-    def attrs(self) -> dict[str, Any]:
-        return {"layout": "vl-adapter-h5-per-image"}
+    _attrs = {"layout": "vl-adapter-h5-per-image"}
 
     has_grid = True
 
@@ -145,10 +133,6 @@ class ClipVilStore(FeatureStore):
                 fc_dir = fc_dir or (sibling if other == "_fc" else None)
                 att_dir = att_dir or (sibling if other == "_att" else None)
         return fc_dir, att_dir
-
-    @property
-    def ids(self) -> list[str]:
-        return self._ids
 
     @property
     def attrs(self) -> dict[str, Any]:

@@ -81,14 +81,17 @@ class FeatureStore:
 
         return legacy.open_legacy(path)
 
-    # -- interface -----------------------------------------------------------------------------------------
+    # -- interface (subclasses set ``_ids`` / ``_attrs`` or override these) --------------------------------
+    _ids: list[str]
+    _attrs: dict[str, Any] = {}
+
     @property
     def ids(self) -> list[str]:
-        raise NotImplementedError
+        return self._ids
 
     @property
     def attrs(self) -> dict[str, Any]:
-        return {}
+        return self._attrs
 
     def get_many(self, ids: Sequence[str]) -> Features:
         raise NotImplementedError
@@ -154,14 +157,6 @@ class H5FeatureStore(FeatureStore):
             raise FeatureFileError(f"{self.path}: not a vlt5-retrieval feature file ({exc})") from exc
 
     @property
-    def ids(self) -> list[str]:
-        return self._ids
-
-    @property
-    def attrs(self) -> dict[str, Any]:
-        return self._attrs
-
-    @property
     def has_grid(self) -> bool:
         return "grid" in self._file
 
@@ -214,14 +209,6 @@ class MemoryFeatureStore(FeatureStore):
         self._attrs = dict(attrs or {})
         if len(self._fc) != len(self._ids) or (self._grid is not None and len(self._grid) != len(self._ids)):
             raise FeatureFileError(f"{self.path}: ids, fc and grid must have the same number of rows")
-
-    @property
-    def ids(self) -> list[str]:
-        return self._ids
-
-    @property
-    def attrs(self) -> dict[str, Any]:
-        return self._attrs
 
     @classmethod
     def from_store(cls, source: FeatureStore, batch_size: int = 4096) -> MemoryFeatureStore:

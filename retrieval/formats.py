@@ -196,30 +196,36 @@ def write_jsonl(path: str | Path, records: Iterable[KBEntry | Query | Mapping[st
 
 
 # -- TREC runs and qrels ---------------------------------------------------------------------------------------
-def read_trec_run(path: str | Path) -> Run:
-    """``qid Q0 docid rank score tag`` lines → ``{qid: {docid: score}}``."""
+def _trec_rows(path: str | Path, kind: str, columns: str) -> Iterator[tuple[str, list[str]]]:
+    """(``file:line``, whitespace-split fields) of every non-blank line, each checked to have ``columns``."""
     path = Path(path)
     if not path.is_file():
-        raise FormatError(f"{path}: no such run file")
-    run: Run = {}
+        raise FormatError(f"{path}: no such {kind} file")
+    width = len(columns.split())
     with path.open(encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
             parts = line.split()
             if not parts:
                 continue
-            if len(parts) != 6:
-                raise FormatError(f"{path}:{n}: expected 6 columns 'qid Q0 docid rank score tag', got {len(parts)}")
-            qid, _, docid, rank, score, _ = parts
-            try:
-                int(rank)
-                value = float(score)
-            except ValueError:
-                raise FormatError(f"{path}:{n}: rank must be an integer and score a number") from None
-            if not math.isfinite(value):
-                raise FormatError(f"{path}:{n}: score must be finite, got {score}")
-            if docid in run.setdefault(qid, {}):
-                raise FormatError(f"{path}:{n}: document {docid!r} listed twice for query {qid!r}")
-            run[qid][docid] = value
+            if len(parts) != width:
+                raise FormatError(f"{path}:{n}: expected {width} columns '{columns}', got {len(parts)}")
+            yield f"{path}:{n}", parts
+
+
+def read_trec_run(path: str | Path) -> Run:
+    """``qid Q0 docid rank score tag`` lines → ``{qid: {docid: score}}``."""
+    run: Run = {}
+    for where, (qid, _, docid, rank, score, _) in _trec_rows(path, "run", "qid Q0 docid rank score tag"):
+        try:
+            int(rank)
+            value = float(score)
+        except ValueError:
+            raise FormatError(f"{where}: rank must be an integer and score a number") from None
+        if not math.isfinite(value):
+            raise FormatError(f"{where}: score must be finite, got {score}")
+        if docid in run.setdefault(qid, {}):
+            raise FormatError(f"{where}: document {docid!r} listed twice for query {qid!r}")
+        run[qid][docid] = value
     return run
 
 
@@ -234,24 +240,14 @@ def write_trec_run(path: str | Path, run: Mapping[str, Mapping[str, float]], tag
 
 def read_trec_qrels(path: str | Path) -> Qrels:
     """``qid 0 docid rel`` lines → ``{qid: {docid: rel}}`` (rel ≤ 0 lines are kept out: not relevant)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FormatError(f"{path}: no such qrels file")
     qrels: Qrels = {}
-    with path.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            parts = line.split()
-            if not parts:
-                continue
-            if len(parts) != 4:
-                raise FormatError(f"{path}:{n}: expected 4 columns 'qid 0 docid rel', got {len(parts)}")
-            qid, _, docid, rel = parts
-            try:
-                value = int(rel)
-            except ValueError:
-                raise FormatError(f"{path}:{n}: relevance must be an integer, got {rel!r}") from None
-            if value > 0:
-                qrels.setdefault(qid, {})[docid] = value
+    for where, (qid, _, docid, rel) in _trec_rows(path, "qrels", "qid 0 docid rel"):
+        try:
+            value = int(rel)
+        except ValueError:
+            raise FormatError(f"{where}: relevance must be an integer, got {rel!r}") from None
+        if value > 0:
+            qrels.setdefault(qid, {})[docid] = value
     return qrels
 
 

@@ -17,6 +17,8 @@ import torch
 
 from feature_extraction.tiny import TINY_RESNET, TINY_VIT, make_hf_clip, make_openai_clip
 
+pytest_plugins = ["vlt5_fixtures"]  # VL-T5 fixtures (tiny Epoch30.pth, T5 dir, tokenizer, feature file)
+
 
 @pytest.fixture(autouse=True)
 def _restore_global_state():

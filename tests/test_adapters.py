@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
-from vlt5_fixtures import load_parity_encoder, one_torch_thread, reference, run_regime  # noqa: F401
+from vlt5_fixtures import load_parity_encoder, run_regime
 
 from adapters import (AdapterError, HoulsbyConfig, LoRAConfig, PromptConfig, adapter_state_dict, config_from_dict,
                       config_to_dict, inject, is_adapter_param, load_adapter_state_dict,
@@ -19,6 +19,8 @@ from adapters.policy import PolicyError, apply_policy, param_group_of, param_gro
 from adapters.prompt import prompt_length
 from vlt5.query_encoder import QueryEncoder, QueryEncoderConfig
 from vlt5.tiny import tiny_config
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 CONFIGS = [HoulsbyConfig(reduction_factor=8), HoulsbyConfig(reduction_factor=4, layer_norm=True),
            LoRAConfig(r=4, alpha=8), LoRAConfig(r=2, targets=("k", "o", "wi"))]

@@ -9,11 +9,12 @@ import pytest
 import torch
 from safetensors.torch import save_file
 from transformers import T5EncoderModel
-from vlt5_fixtures import (PARITY_PTH, load_parity_encoder, one_torch_thread, reference, run_regime,  # noqa: F401
-                           tiny_t5_dir)
+from vlt5_fixtures import PARITY_PTH, load_parity_encoder, run_regime
 
 from vlt5 import CheckpointError, ConfigError, JointEncoder, VLT5Config
 from vlt5.tiny import TINY_SP_PIECES, TINY_VOCAB, tiny_config
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 ENCODER_TENSORS = 26  # shared 1 + block 0: 9 (incl. relative bias) + block 1: 8 + final norm 1 + visual 7
 

@@ -8,14 +8,15 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
-from vlt5_fixtures import (FC_DIM, load_parity_encoder, one_torch_thread, tiny_feature_file,  # noqa: F401
-                           tiny_tok_dir)
+from vlt5_fixtures import FC_DIM, load_parity_encoder
 
 from feature_extraction.store import FeatureStore
 from vlt5.inputs import QueryCollator, VisualInputConfig, grid_cell_boxes, visual_inputs
 from vlt5.modeling import pool_square_grid
 from vlt5.tiny import TINY_SP_PIECES, TINY_VOCAB
 from vlt5.tokenization import TokenizerError, check_layout, load_tokenizer
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # -- tokenizer ---------------------------------------------------------------------------------------------------

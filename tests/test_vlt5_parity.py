@@ -13,12 +13,13 @@ from collections.abc import Callable
 import pytest
 import torch
 from torch import nn
-from vlt5_fixtures import (REQUIRED_REGIMES, load_parity_encoder, load_reference, one_torch_thread,  # noqa: F401
-                           reference, run_regime)
+from vlt5_fixtures import REQUIRED_REGIMES, load_parity_encoder, load_reference, run_regime
 from transformers.models.t5.modeling_t5 import T5Attention, T5LayerNorm
 
 import vlt5.modeling as modeling
 from vlt5.modeling import JointEncoder
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 TOL = 1e-5
 REGIMES = sorted(load_reference())

@@ -8,13 +8,14 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from vlt5_fixtures import (FC_DIM, FEATURE_IDS, one_torch_thread, tiny_feature_file, tiny_t5_dir,  # noqa: F401
-                           tiny_tok_dir, tiny_vlt5_pth)
+from vlt5_fixtures import FC_DIM, FEATURE_IDS
 
 from adapters import HoulsbyConfig, LoRAConfig, PromptConfig, is_adapter_param
 from adapters.policy import apply_policy
 from vlt5 import CheckpointError, ConfigError, QueryEncoder, VisualInputConfig
 from vlt5.query_encoder import NEW_ROWS_KEY, AttentionPooler, MeanPooler
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 QUESTIONS = ["who designed this building?", "what is the red bus near the lake", "which animal is here?"]
 IMAGES = ["img_b", "img_d", "img_b"]

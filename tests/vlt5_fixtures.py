@@ -66,9 +66,10 @@ def write_feature_file(path: Path, n_grid: int = 9, grid_dim: int = 16, fc_dim: 
     return path
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture
 def one_torch_thread() -> object:
-    """Tiny models run fastest on one thread, and far slower with two threads on a busy 2-core machine."""
+    """Tiny models run fastest on one thread, and far slower with two threads on a busy 2-core machine.
+    The VL-T5 test modules opt in with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

@@ -84,10 +84,11 @@ class Entity:
 
 
 def entities() -> list[Entity]:
-    """The 64 knowledge-base entities (fixed: independent of the seed)."""
+    """The 64 knowledge-base entities (fixed: independent of the seed), with distinct made-up names."""
     out = []
     for n, (shape, color) in enumerate((s, c) for s in SHAPES for c in COLORS):
-        a, b, c = _SYLLABLES[n % 16], _SYLLABLES[(n * 7 + 3) % 16], _SYLLABLES[(n * 5 + 11) % 16]
+        # (first, second) syllable = (n mod 16, 4 * (n div 16) + n mod 4): a different pair for every n < 64
+        a, b, c = _SYLLABLES[n % 16], _SYLLABLES[4 * (n // 16) + n % 4], _SYLLABLES[(n * 5 + 11) % 16]
         out.append(Entity(f"E{n:03d}", shape, color, (a + b + c).capitalize()))
     return out
 

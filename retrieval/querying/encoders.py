@@ -106,6 +106,18 @@ class _ClipEncoder:
         return fc.float().cpu().numpy(), None if g is None else g.float().cpu().numpy()
 
 
+def _checked_image_features(queries: Sequence[Query], features: FeatureStore | None, ref: BackboneRef,
+                            who: str) -> FeatureStore:
+    """The query image feature file, checked: given, made by the encoder's backbone, and every query has an image."""
+    if features is None:
+        raise ValueError(f"{who} needs the query image features (--query-features)")
+    check_feature_backbone(features, ref, "the query image features")
+    missing = [q.id for q in queries if q.image is None]
+    if missing:
+        raise ValueError(f"queries {missing[:5]} have no image; {who} needs one")
+    return features
+
+
 class ClipImageEncoder(_ClipEncoder):
     kind = "clip-image"
 
@@ -116,12 +128,7 @@ class ClipImageEncoder(_ClipEncoder):
 
     def encode_stored(self, queries: Sequence[Query], features: FeatureStore | None,
                       text_features: FeatureStore | None) -> np.ndarray:
-        if features is None:
-            raise ValueError("clip-image needs the query image features (--query-features)")
-        check_feature_backbone(features, self.ref, "the query image features")
-        missing = [q.id for q in queries if q.image is None]
-        if missing:
-            raise ValueError(f"queries {missing[:5]} have no image; clip-image needs one")
+        features = _checked_image_features(queries, features, self.ref, "clip-image")
         return np.asarray(features.get_many([q.image for q in queries]).fc, dtype=np.float32)  # (Q, D)
 
 
@@ -185,12 +192,7 @@ class JointQueryEncoder(_ClipEncoder):
 
     def encode_stored(self, queries: Sequence[Query], features: FeatureStore | None,
                       text_features: FeatureStore | None) -> np.ndarray:
-        if features is None:
-            raise ValueError("a joint encoder needs the query image features (--query-features)")
-        check_feature_backbone(features, self.ref, "the query image features")
-        missing = [q.id for q in queries if q.image is None]
-        if missing:
-            raise ValueError(f"queries {missing[:5]} have no image; a joint encoder needs one")
+        features = _checked_image_features(queries, features, self.ref, "a joint encoder")
         with self._lock:
             return self.model.encode([q.question for q in queries], [q.image for q in queries],
                                      store=features).numpy()  # (Q, D)

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
+from feature_extraction.writer import fsync_path
 from vlt5 import QueryEncoder
 from vlt5.checkpoint import WEIGHTS_NAME
 
@@ -89,15 +90,8 @@ def _fsync_tree(root: Path) -> None:
         if path.is_file():
             with open(path, "rb") as f:
                 os.fsync(f.fileno())
-    _fsync_dir(root)
+    fsync_path(root)
 
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def write_atomically(run_dir: Path, name: str, write: Callable[[Path], None], step: int) -> Path:
@@ -112,7 +106,7 @@ def write_atomically(run_dir: Path, name: str, write: Callable[[Path], None], st
         shutil.rmtree(old, ignore_errors=True)
         os.rename(final, old)
     os.rename(tmp, final)
-    _fsync_dir(run_dir)
+    fsync_path(run_dir)
     shutil.rmtree(old, ignore_errors=True)
     return final
 
