@@ -171,7 +171,8 @@ def main() -> None:
     parser.add_argument("--naive", type=int, default=32, help="images for the naive one-at-a-time loop")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--tiny-workers", type=int, default=2, help="decoding workers (tiny model: decode-bound)")
-    parser.add_argument("--b32-workers", type=int, default=1, help="decoding workers (ViT-B/32: forward-bound)")
+    parser.add_argument("--b32-workers", type=int, default=0,
+                        help="decoding workers (ViT-B/32 is forward-bound: decode in the main process, the CLI default on CPU)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--forward-batches", type=int, default=4, help="batches timed for the forward bound")
     parser.add_argument("--skip-b32", action="store_true")

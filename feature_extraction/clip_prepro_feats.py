@@ -39,7 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="OpenAI CLIP name (RN50, RN101, RN50x4, ViT-B/32, ViT-B/16, ViT-L/14), a local "
                         "OpenAI-format .pt, or hf:<dir or hub id>")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--num-workers", type=int, default=4, help="DataLoader workers decoding + preprocessing")
+    p.add_argument("--num-workers", type=int,
+                   help="DataLoader workers decoding + preprocessing (default: 0 on CPU, min(4, CPUs) on GPU)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: CPUs minus --num-workers, >= 1)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (torchrun: cuda:LOCAL_RANK)")
     p.add_argument("--dtype", default="float16", choices=["float16", "float32"], help="stored dtype")

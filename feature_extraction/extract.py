@@ -109,7 +109,7 @@ def to_numpy(x: torch.Tensor, dtype: str) -> np.ndarray:
 def encode_all(todo: Listing, backbone: Backbone, cfg: ExtractConfig, writer: SpoolWriter) -> None:
     """The hot loop: the DataLoader's workers decode ahead, the model encodes, the writer thread stores."""
     on_cuda = backbone.device.startswith("cuda")
-    loader = make_loader(todo, cfg.batch_size, cfg.num_workers, backbone.preprocess, backbone.tokenize,
+    loader = make_loader(todo, cfg.batch_size, cfg.decode_workers(backbone.device), backbone.preprocess, backbone.tokenize,
                          cfg.max_pixels, pin_memory=on_cuda)
     want_grid = cfg.grid and cfg.modality == "image"
     grid_shape = (backbone.grid_hw[0] * backbone.grid_hw[1], backbone.grid_dim)
@@ -163,7 +163,7 @@ def _resume_or_run(out: Path, listing: Listing, backbone: Backbone, attrs: dict[
     threads_before = torch.get_num_threads()
     if not backbone.device.startswith("cuda"):
         torch.set_num_threads(cfg.cpu_threads())
-        logger.info("CPU forward on %d threads, %d decoding workers", cfg.cpu_threads(), cfg.num_workers)
+        logger.info("CPU forward on %d threads, %d decoding workers", cfg.cpu_threads(), cfg.decode_workers("cpu"))
     encode_start = time.perf_counter()
     try:
         encode_all(todo, backbone, cfg, writer)

@@ -13,6 +13,7 @@ import pytest
 from helpers_extract import REPO
 
 from feature_extraction.clip_prepro_feats import main
+from feature_extraction.config import ExtractConfig
 from feature_extraction.tiny import make_image_folder
 
 
@@ -92,3 +93,14 @@ def test_extract_folder_is_the_one_call_for_the_demo(imgs, tiny_vit_pt, tmp_path
     summary = extract_folder(imgs, tmp_path / "demo.h5", tiny_vit_pt, num_workers=0, threads=1, progress=False,
                              device="cpu")
     assert summary.written == 3 and summary.total_rows == 3 and (tmp_path / "demo.h5").exists()
+
+
+def test_default_workers_and_threads_follow_the_device(imgs, tmp_path):
+    """No --num-workers: decode in the main process on a CPU (every core to the forward), workers on a GPU."""
+    cpus = len(os.sched_getaffinity(0))
+    auto = ExtractConfig(out=tmp_path / "f.h5", backbone="RN50", images=imgs)
+    assert auto.decode_workers("cpu") == 0 and auto.cpu_threads() == cpus
+    assert auto.decode_workers("cuda:0") == min(4, cpus)
+    given = ExtractConfig(out=tmp_path / "f.h5", backbone="RN50", images=imgs, num_workers=1)
+    assert given.decode_workers("cpu") == given.decode_workers("cuda:0") == 1
+    assert given.cpu_threads() == max(1, cpus - 1)
