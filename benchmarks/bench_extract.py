@@ -38,6 +38,7 @@ sys.path.insert(0, str(REPO))
 from feature_extraction.backbones import Backbone, load_backbone  # noqa: E402
 from feature_extraction.inputs import Listing  # noqa: E402
 from feature_extraction.loader import make_loader  # noqa: E402
+from feature_extraction.spool import Spool  # noqa: E402
 from feature_extraction.tiny import TINY_VIT, VIT_B32, make_image_folder, make_openai_clip  # noqa: E402
 
 
@@ -60,6 +61,7 @@ def run_script(listing: Path, model: Path, out: Path, batch: int, workers: int, 
     """The real CLI in a subprocess; returns its encoding rate and the peak RSS (MiB) seen by polling."""
     for stale in (out, out.with_suffix(".skipped.tsv")):
         stale.unlink(missing_ok=True)
+    Spool(out).remove()  # a killed earlier run's chunks would be resumed, not re-encoded
     cmd = [sys.executable, str(REPO / "feature_extraction" / "clip_prepro_feats.py"), "--image-list", str(listing),
            "--out", str(out), "--backbone", str(model), "--batch-size", str(batch), "--num-workers", str(workers),
            "--device", device, "--no-progress", "--quiet"]
@@ -166,29 +168,30 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--workdir", type=Path, default=REPO / "runs" / "bench_extract")
     parser.add_argument("--size", default="500x375", help="JPEG width x height")
-    parser.add_argument("--tiny-counts", type=int, nargs="+", default=[1000, 5000])
-    parser.add_argument("--b32-counts", type=int, nargs="+", default=[256, 1024])
+    parser.add_argument("--tiny-counts", type=int, nargs="*", default=[1000, 5000], help="none: skip the tiny ViT")
+    parser.add_argument("--b32-counts", type=int, nargs="*", default=[256, 1024], help="none: skip ViT-B/32")
     parser.add_argument("--naive", type=int, default=32, help="images for the naive one-at-a-time loop")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--tiny-workers", type=int, default=2, help="decoding workers (tiny model: decode-bound)")
     parser.add_argument("--b32-workers", type=int, default=0,
-                        help="decoding workers (ViT-B/32 is forward-bound: decode in the main process, the CLI default on CPU)")
+                        help="decoding workers (ViT-B/32 is forward-bound: decode in the main process, as the CLI "
+                             "does by default on a CPU)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--forward-batches", type=int, default=4, help="batches timed for the forward bound")
-    parser.add_argument("--skip-b32", action="store_true")
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     size = tuple(int(v) for v in args.size.split("x"))
     paths = ensure_images(args.workdir, max(args.tiny_counts + args.b32_counts), size)  # type: ignore[arg-type]
-    models = {"tiny ViT (32 px)": (args.workdir / "tiny_vit.pt", TINY_VIT, args.tiny_counts, args.tiny_workers)}
-    if not args.skip_b32:
-        models["ViT-B/32 random"] = (args.workdir / "vit_b32.pt", VIT_B32, args.b32_counts, args.b32_workers)
+    models = {"tiny ViT (32 px)": (args.workdir / "tiny_vit.pt", TINY_VIT, args.tiny_counts, args.tiny_workers),
+              "ViT-B/32 random": (args.workdir / "vit_b32.pt", VIT_B32, args.b32_counts, args.b32_workers)}
     print(f"torch {torch.__version__}, {len(os.sched_getaffinity(0))} CPUs, device {args.device}, batch "
           f"{args.batch_size}, JPEG {args.size}; script threads = CPUs - workers (>= 1)\n")
     print("| model | images | workers | script img/s | forward bound (before-after) | decode bound | "
           "script / min(bounds) | naive img/s | script / naive | peak MiB: main RSS / + workers' USS |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for name, (path, spec, counts, workers) in models.items():
+        if not counts:
+            continue
         if not path.exists():
             make_openai_clip(path, spec)
         bench_model(name, path, counts, workers, args, paths)

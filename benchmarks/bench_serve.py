@@ -31,7 +31,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from bench_index import paired  # noqa: E402
+from bench_index import ratio_both_orders  # noqa: E402
 from helpers_search import ServerProcess  # noqa: E402
 
 from feature_extraction.backbones import file_sha256  # noqa: E402
@@ -173,8 +173,10 @@ def concurrency(server: ServerProcess, image: bytes, k: int, total: int, workers
 def searcher_vs_raw(searcher, dim: int, k: int, n_queries: int, repeats: int) -> dict:  # noqa: ANN001
     queries = clustered_vectors(n_queries, dim, seed=1)  # already unit norm: raw faiss gets them as they are
     raw = searcher.index.faiss_index
-    raw_t, ranked_t, ratio = paired(lambda: raw.search(queries, k), lambda: searcher.ranked(queries, k), repeats)
-    hits_raw_t, hits_t, hits_ratio = paired(lambda: raw.search(queries, k), lambda: searcher.search_vectors(queries, k), repeats)
+    raw_t, ranked_t, ratio = ratio_both_orders(lambda: raw.search(queries, k), lambda: searcher.ranked(queries, k),
+                                               repeats)
+    hits_raw_t, hits_t, hits_ratio = ratio_both_orders(lambda: raw.search(queries, k),
+                                                       lambda: searcher.search_vectors(queries, k), repeats)
     return {"queries": n_queries, "raw_s": raw_t, "ranked_s": ranked_t, "ranked_ratio": ratio, "hits_raw_s": hits_raw_t,
             "hits_s": hits_t, "hits_ratio": hits_ratio}
 

@@ -109,8 +109,8 @@ def to_numpy(x: torch.Tensor, dtype: str) -> np.ndarray:
 def encode_all(todo: Listing, backbone: Backbone, cfg: ExtractConfig, writer: SpoolWriter) -> None:
     """The hot loop: the DataLoader's workers decode ahead, the model encodes, the writer thread stores."""
     on_cuda = backbone.device.startswith("cuda")
-    loader = make_loader(todo, cfg.batch_size, cfg.decode_workers(backbone.device), backbone.preprocess, backbone.tokenize,
-                         cfg.max_pixels, pin_memory=on_cuda)
+    loader = make_loader(todo, cfg.batch_size, cfg.decode_workers(backbone.device), backbone.preprocess,
+                         backbone.tokenize, cfg.max_pixels, pin_memory=on_cuda)
     want_grid = cfg.grid and cfg.modality == "image"
     grid_shape = (backbone.grid_hw[0] * backbone.grid_hw[1], backbone.grid_dim)
     delay = float(os.environ.get("VLT5_EXTRACT_TEST_DELAY", "0"))  # test-only: slow down to kill mid-run
