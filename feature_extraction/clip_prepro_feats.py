@@ -20,16 +20,12 @@ if not __package__:  # run as a script: import the package, not this folder's mo
 import argparse
 import logging
 
-from feature_extraction.config import DEFAULT_MAX_PIXELS, ExtractConfig, UsageError, report_error, resolve_shard
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # argparse's own usage errors: one line, exit 2
-        raise UsageError(message)
+from feature_extraction.config import (DEFAULT_MAX_PIXELS, CLIParser, ExtractConfig, UsageError, report_error,
+                                       resolve_shard)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="clip_prepro_feats.py", description=__doc__.split("\n")[0])
+    p = CLIParser(prog="clip_prepro_feats.py", description=__doc__.split("\n")[0])
     src = p.add_argument_group("input (exactly one)")
     src.add_argument("--images", type=Path, help="folder, searched recursively; id = relative path without suffix")
     src.add_argument("--image-list", type=Path, help="file of lines 'path' or 'id<TAB>path'")

@@ -7,8 +7,10 @@ contract (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``) when no explicit ``--num-sha
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,9 +19,17 @@ DTYPES = ("float16", "float32")
 DEFAULT_MAX_PIXELS = 89_478_485  # PIL's own default Image.MAX_IMAGE_PIXELS (~ 0.25 GB of 24-bit pixels)
 
 
-class UsageError(Exception):
-    """A mistake the user can fix (missing input, unknown backbone, incompatible append). The CLI prints the
-    message on one line and exits with status 2; it never shows a traceback for these."""
+class UsageError(ValueError):
+    """A mistake the user can fix (missing input, unknown backbone, incompatible append, a bad flag). Every CLI
+    prints the message on one line and exits with status 2; it never shows a traceback for these."""
+
+
+class CLIParser(argparse.ArgumentParser):
+    """argparse for every CLI here: its own usage errors become :class:`UsageError` (one line, exit 2) instead of
+    the usage text + message."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        raise UsageError(message)
 
 
 def report_error(exc: Exception) -> int:

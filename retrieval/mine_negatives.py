@@ -23,7 +23,8 @@ import numpy as np
 
 from feature_extraction.store import FeatureStore
 from retrieval.formats import exit_on_user_error, iter_jsonl
-from retrieval.training.baselines import CLIP_SOURCES, _Parser, add_kb_args, clip_vectors, kb_from_args
+from feature_extraction.config import CLIParser
+from retrieval.training.baselines import CLIP_SOURCES, add_kb_args, clip_vectors, kb_from_args
 from retrieval.training.data import load_queries, open_features
 from retrieval.training.evaluation import encode_queries, flat_index
 
@@ -40,7 +41,7 @@ def mine(top_ids: np.ndarray, positives: list[list[str]], top: int) -> list[list
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = _Parser(prog="python -m retrieval.mine_negatives", description=__doc__.split("\n\n")[0])
+    p = CLIParser(prog="python -m retrieval.mine_negatives", description=__doc__.split("\n\n")[0])
     p.add_argument("--encoder", required=True, help="a saved QueryEncoder dir, clip-image or clip-text")
     add_kb_args(p)
     p.add_argument("--queries", required=True, type=Path, help="queries JSONL to mine for (usually train)")

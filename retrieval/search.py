@@ -26,6 +26,7 @@ warnings.filterwarnings("ignore", message="pkg_resources is deprecated")  # the 
 
 from tqdm import tqdm  # noqa: E402
 
+from feature_extraction.config import CLIParser  # noqa: E402
 from retrieval.formats import exit_on_user_error, read_queries, write_trec_run  # noqa: E402
 from retrieval.querying.images import DEFAULT_MAX_PIXELS, image_from_path  # noqa: E402
 from retrieval.querying.searcher import Hit, Searcher, open_searcher  # noqa: E402
@@ -33,14 +34,8 @@ from retrieval.querying.searcher import Hit, Searcher, open_searcher  # noqa: E4
 logger = logging.getLogger(__name__)
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # usage errors: one line, exit 2 (like every CLI here)
-        print(f"error: {message}", file=sys.stderr)
-        raise SystemExit(2)
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = _Parser(prog="python retrieval/search.py", description=__doc__.split("\n\n")[0],
+    p = CLIParser(prog="python retrieval/search.py", description=__doc__.split("\n\n")[0],
                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--index", required=True, type=Path, help="index directory (retrieval/build_index.py)")
     p.add_argument("--kb", type=Path, help="KB JSONL, for titles and snippets")

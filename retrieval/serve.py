@@ -21,6 +21,7 @@ warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
 
 from PIL import Image  # noqa: E402
 
+from feature_extraction.config import CLIParser  # noqa: E402
 from retrieval.formats import exit_on_user_error  # noqa: E402
 from retrieval.querying.app import ServerConfig, create_app  # noqa: E402
 from retrieval.querying.searcher import Searcher, open_searcher  # noqa: E402
@@ -30,15 +31,9 @@ logger = logging.getLogger(__name__)
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # usage errors: one line, exit 2 (like every CLI here)
-        print(f"error: {message}", file=sys.stderr)
-        raise SystemExit(2)
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     d = ServerConfig()
-    p = _Parser(prog="python retrieval/serve.py", description=__doc__.split("\n\n")[0],
+    p = CLIParser(prog="python retrieval/serve.py", description=__doc__.split("\n\n")[0],
                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--index", required=True, type=Path, help="index directory (retrieval/build_index.py)")
     p.add_argument("--encoder", required=True, help="encoder dir | clip-image[:BACKBONE] | clip-text[:BACKBONE]")

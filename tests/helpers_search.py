@@ -1,8 +1,9 @@
 """A small searchable world for the search / server / browser tests, built with the real pipeline.
 
 Demo-task data (a 64-entity KB with reference PNGs, a few scene queries) -> the tiny OpenAI-format ViT CLIP ->
-feature files through ``feature_extraction.extract`` (KB images: fc; scenes: fc + 4x4 grid; questions: text fc)
--> a Flat index -> a random tiny :class:`vlt5.QueryEncoder` saved with ``save_pretrained`` and a ``backbone.json``.
+feature files through the demo's ``extract_features`` (KB images and texts: fc; scenes: fc + 4x4 grid; questions:
+text fc) -> a Flat index -> a random tiny :class:`vlt5.QueryEncoder` saved with ``save_pretrained`` and a
+``backbone.json``.
 Built once per test session (a marker file makes later calls reuse it, whichever module asks first).
 """
 
@@ -20,17 +21,14 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+from retrieval.demo.prepare import DemoPaths
+
 REPO = Path(__file__).resolve().parents[1]
 
 
 @dataclass(frozen=True)
-class World:
-    root: Path
-    clip: Path
-
-    @property
-    def data(self) -> Path:
-        return self.root / "data"
+class World(DemoPaths):
+    """The demo's layout (a tiny task, extracted with the tests' tiny CLIP) plus an index and an encoder."""
 
     @property
     def kb(self) -> Path:
@@ -48,9 +46,6 @@ class World:
     def encoder(self) -> Path:
         return self.root / "encoder"
 
-    def features(self, name: str) -> Path:
-        return self.root / "features" / f"{name}.h5"
-
     def scene(self, scene_id: str) -> Path:
         return self.data / "images" / "scenes" / f"{scene_id}.png"
 
@@ -65,8 +60,7 @@ def build_world(root: Path, clip_pt: Path) -> World:
         return world
     import torch
 
-    from feature_extraction.config import ExtractConfig
-    from feature_extraction.extract import extract
+    from retrieval.demo.prepare import extract_features
     from retrieval.demo.task import DemoTaskConfig, write_demo_task
     from retrieval.indexing import IndexConfig, build_index_from_features
     from retrieval.querying import write_backbone_record
@@ -75,13 +69,7 @@ def build_world(root: Path, clip_pt: Path) -> World:
 
     write_demo_task(world.data, DemoTaskConfig(train_scenes=2, dev_scenes=2, test_scenes=6, image_size=32,
                                                questions_per_scene=2))
-    (root / "features").mkdir(parents=True, exist_ok=True)
-    jobs = {"kb_image": dict(images=world.data / "images" / "kb", grid=False),
-            "scenes": dict(images=world.data / "images" / "scenes", grid=True),
-            "questions": dict(texts=world.data / "questions.jsonl", grid=False)}
-    for name, job in jobs.items():
-        extract(ExtractConfig(out=world.features(name), backbone=str(clip_pt), batch_size=64, num_workers=0,
-                              dtype="float32", progress=False, **job))  # type: ignore[arg-type]
+    extract_features(world, num_workers=0)
     build_index_from_features(world.features("kb_image"), IndexConfig(factory="Flat")).save(world.index)
     tokenizer = load_tokenizer(make_tiny_tokenizer_dir(root / "tokenizer"))
     torch.manual_seed(0)

@@ -28,7 +28,10 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class DemoPaths:
+    """Where the demo's pieces live under ``root``; ``clip_file`` points at another CLIP (the tests' tiny one)."""
+
     root: Path
+    clip_file: Path | None = None
 
     @property
     def data(self) -> Path:
@@ -36,7 +39,7 @@ class DemoPaths:
 
     @property
     def clip(self) -> Path:
-        return self.root / "clip" / "demo_clip.pt"
+        return self.clip_file or self.root / "clip" / "demo_clip.pt"
 
     def features(self, name: str) -> Path:
         return self.root / "features" / f"{name}.h5"

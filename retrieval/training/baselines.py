@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from feature_extraction.config import CLIParser
 from feature_extraction.store import FeatureStore
 from retrieval.formats import Query, exit_on_user_error
 from retrieval.metrics import format_means
@@ -95,14 +96,8 @@ def kb_from_args(args: argparse.Namespace) -> KBVectors:
     return load_kb(args.kb, args.kb_features, args.kb_text_features, args.kb_side)
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # usage errors: one line, exit 2 (like every CLI here)
-        print(f"error: {message}", file=sys.stderr)
-        raise SystemExit(2)
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = _Parser(prog="python -m retrieval.training.baselines", description=__doc__.split("\n\n")[0])
+    p = CLIParser(prog="python -m retrieval.training.baselines", description=__doc__.split("\n\n")[0])
     add_kb_args(p)
     p.add_argument("--queries", required=True, help="queries JSONL to evaluate (with positives)")
     p.add_argument("--query-features", help="CLIP features of the query images (clip_image and encoders)")

@@ -17,19 +17,11 @@ import typing
 from collections.abc import Iterator
 from typing import Any
 
+from feature_extraction.config import CLIParser, UsageError
 from retrieval.training.config import TrainConfig
 from vlt5.config import ConfigError
 
 SECTIONS = ("data", "model", "optim", "loop", "eval")
-
-
-class UsageError(ValueError):
-    """A bad flag or flag value (one line, exit status 2)."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> typing.NoReturn:
-        raise UsageError(message)
 
 
 def config_fields() -> Iterator[tuple[str, dataclasses.Field, Any]]:
@@ -64,7 +56,7 @@ def _converter(kind: Any, optional: bool, flag: str) -> Any:
 
 
 def build_parser(description: str = "") -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m retrieval.train", description=description, allow_abbrev=False)
+    p = CLIParser(prog="python -m retrieval.train", description=description, allow_abbrev=False)
     p.add_argument("--config", help="base config JSON (e.g. a run's config.json); other flags override it")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     for section, f, hint in config_fields():
