@@ -24,6 +24,7 @@ import numpy as np
 from feature_extraction.config import CLIParser
 from feature_extraction.store import FeatureStore
 from retrieval.formats import Query, exit_on_user_error
+from retrieval.indexing import Index
 from retrieval.metrics import format_means
 from retrieval.training.config import KB_SIDES
 from retrieval.training.data import KBVectors, normalise_rows, load_kb, load_queries, open_features
@@ -58,10 +59,11 @@ def clip_vectors(source: str, queries: Sequence[Query], query_store: FeatureStor
 
 def baseline_table(queries: Sequence[Query], kb: KBVectors, query_store: FeatureStore | None = None,
                    question_store: FeatureStore | None = None, encoders: Mapping[str, QueryEncoder] | None = None,
-                   metrics: Sequence[str] = DEFAULT_METRICS, batch_size: int = 128) -> dict[str, dict[str, float]]:
+                   metrics: Sequence[str] = DEFAULT_METRICS, batch_size: int = 128,
+                   index: Index | None = None) -> dict[str, dict[str, float]]:
     """``{name: {metric: mean}}`` for clip_image (with ``query_store``), clip_text (with ``question_store``)
-    and each encoder, on the same queries and the same exact KB index."""
-    index = flat_index(kb.ids, kb.vectors)
+    and each encoder, on the same queries and the same exact KB index (``index``, or a Flat one built here)."""
+    index = index if index is not None else flat_index(kb.ids, kb.vectors)
     table: dict[str, dict[str, float]] = {}
     for source, store in (("clip-image", query_store), ("clip-text", question_store)):
         if store is not None:

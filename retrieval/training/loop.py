@@ -150,7 +150,7 @@ def train(cfg: TrainConfig) -> TrainResult:
                 ckpt.write_atomically(run_dir, "init", lambda d: ckpt.save_encoder(d, encoder, store.attrs), 0)
             if cfg.eval.baselines:
                 tables = {split: baseline_table(qs, kb, store, questions, {"joint_untrained": encoder},
-                                                metrics_names, cfg.eval.encode_batch_size)
+                                                metrics_names, cfg.eval.encode_batch_size, kb_index)
                           for split, qs in splits.items() if split != "train"}
                 (run_dir / "baselines.json").write_text(json.dumps(tables, indent=2) + "\n")
                 for split, table in tables.items():
