@@ -56,7 +56,7 @@ def config_to_dict(cfg: AdapterConfig) -> dict[str, Any]:
 
 def config_from_dict(data: dict[str, Any]) -> AdapterConfig:
     """Inverse of :func:`config_to_dict`; unknown methods or fields raise."""
-    from vlt5.config import from_dict
+    from foundations.config import from_dict
 
     data = dict(data)
     method = data.pop("method", None)

@@ -31,8 +31,8 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision import transforms as T
 
-from feature_extraction.config import UsageError
-from feature_extraction.decode import RGB_CONVERSION
+from foundations.errors import UsageError
+from foundations.images import RGB_CONVERSION
 
 logger = logging.getLogger(__name__)
 

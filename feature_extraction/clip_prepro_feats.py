@@ -20,8 +20,10 @@ if not __package__:  # run as a script: import the package, not this folder's mo
 import argparse
 import logging
 
-from feature_extraction.config import (DEFAULT_MAX_PIXELS, CLIParser, ExtractConfig, UsageError, report_error,
-                                       resolve_shard)
+from feature_extraction.config import ExtractConfig, resolve_shard
+from foundations.cli import CLIParser, report_error
+from foundations.errors import UsageError
+from foundations.images import DEFAULT_MAX_PIXELS
 
 
 def build_parser() -> argparse.ArgumentParser:

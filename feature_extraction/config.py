@@ -7,35 +7,16 @@ contract (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``) when no explicit ``--num-sha
 
 from __future__ import annotations
 
-import argparse
 import os
-import sys
-import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from foundations.device import resolve_device  # noqa: F401  (re-exported for the extraction room)
+from foundations.errors import UsageError
+from foundations.images import DEFAULT_MAX_PIXELS
+
 DTYPES = ("float16", "float32")
-DEFAULT_MAX_PIXELS = 89_478_485  # PIL's own default Image.MAX_IMAGE_PIXELS (~ 0.25 GB of 24-bit pixels)
-
-
-class UsageError(ValueError):
-    """A mistake the user can fix (missing input, unknown backbone, incompatible append, a bad flag). Every CLI
-    prints the message on one line and exits with status 2; it never shows a traceback for these."""
-
-
-class CLIParser(argparse.ArgumentParser):
-    """argparse for every CLI here: its own usage errors become :class:`UsageError` (one line, exit 2) instead of
-    the usage text + message."""
-
-    def error(self, message: str) -> typing.NoReturn:
-        raise UsageError(message)
-
-
-def report_error(exc: Exception) -> int:
-    """What every CLI here does with a user error: one ``error: ...`` line on stderr, exit status 2."""
-    print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
-    return 2
 
 
 @dataclass(frozen=True)
@@ -65,20 +46,6 @@ def resolve_shard(num_shards: int | None, shard_id: int | None, env: Mapping[str
     if "WORLD_SIZE" in env and "RANK" in env:
         return ShardSpec(int(env["WORLD_SIZE"]), int(env["RANK"]))
     return ShardSpec()
-
-
-def resolve_device(device: str, env: Mapping[str, str] = os.environ) -> str:
-    """``auto`` -> ``cuda:LOCAL_RANK`` when CUDA is available, else ``cpu``; a bare ``cuda`` also takes
-    ``LOCAL_RANK`` so that each torchrun process uses its own GPU."""
-    import torch
-
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda":
-        device = f"cuda:{int(env.get('LOCAL_RANK', 0))}"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError(f"--device {device}: CUDA is not available on this machine")
-    return device
 
 
 @dataclass(frozen=True)

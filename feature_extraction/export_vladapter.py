@@ -20,7 +20,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from feature_extraction.config import report_error
+from foundations.cli import report_error
 from feature_extraction.store import FeatureFileError, FeatureStore
 
 logger = logging.getLogger(__name__)

@@ -20,13 +20,16 @@ import torch
 from tqdm import tqdm
 
 from feature_extraction.backbones import Backbone, load_backbone
-from feature_extraction.config import ExtractConfig, UsageError, resolve_device
+from feature_extraction.config import ExtractConfig
+from foundations.device import resolve_device
+from foundations.errors import UsageError
 from feature_extraction.inputs import Listing, Skip, list_inputs
 from feature_extraction.loader import make_loader
 from feature_extraction.spool import Spool, consolidate, exclusive_run
 from feature_extraction.spool_writer import SpoolWriter
 from feature_extraction.store import FORMAT_NAME, FORMAT_VERSION, FeatureFileError, H5FeatureStore
-from feature_extraction.writer import COMPAT_KEYS, Block, atomic_replace, attrs_mismatch, read_skip_record
+from feature_extraction.writer import COMPAT_KEYS, Block, attrs_mismatch, read_skip_record
+from foundations.io import atomic_replace
 
 logger = logging.getLogger(__name__)
 

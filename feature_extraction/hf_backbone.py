@@ -18,8 +18,8 @@ from typing import Any
 import torch
 
 from feature_extraction.backbones import Backbone, file_sha256
-from feature_extraction.config import UsageError
-from feature_extraction.decode import RGB_CONVERSION
+from foundations.errors import UsageError
+from foundations.images import RGB_CONVERSION
 
 logger = logging.getLogger(__name__)
 

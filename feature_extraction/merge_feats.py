@@ -21,7 +21,8 @@ import argparse
 import logging
 from collections.abc import Iterator, Sequence
 
-from feature_extraction.config import UsageError, report_error
+from foundations.cli import report_error
+from foundations.errors import UsageError
 from feature_extraction.store import FeatureFileError, FeatureStore, H5FeatureStore
 from feature_extraction.writer import COPY_ROWS, Block, read_skip_record, write_feature_file
 

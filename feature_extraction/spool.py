@@ -35,10 +35,11 @@ from typing import Any
 import h5py
 import numpy as np
 
-from feature_extraction.config import UsageError
+from foundations.errors import UsageError
 from feature_extraction.inputs import Skip
 from feature_extraction.store import H5FeatureStore
-from feature_extraction.writer import (COPY_ROWS, STR, Block, atomic_replace, attrs_mismatch, read_ids,
+from foundations.io import atomic_replace
+from feature_extraction.writer import (COPY_ROWS, STR, Block, attrs_mismatch, read_ids,
                                        read_skip_record, read_skipped, write_feature_file, write_skipped)
 
 logger = logging.getLogger(__name__)

@@ -26,6 +26,7 @@ import h5py
 import numpy as np
 
 from feature_extraction.inputs import Skip
+from foundations.io import atomic_replace
 from feature_extraction.store import decode_attr
 
 logger = logging.getLogger(__name__)
@@ -46,21 +47,6 @@ class Block:
     ids: list[str]
     fc: np.ndarray
     grid: np.ndarray | None
-
-
-def fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_replace(tmp: Path, final: Path) -> None:
-    """fsync ``tmp``, rename it over ``final``, fsync the directory (so the rename itself is durable)."""
-    fsync_path(tmp)
-    os.replace(tmp, final)
-    fsync_path(final.parent)
 
 
 def encode_attr(value: Any) -> Any:

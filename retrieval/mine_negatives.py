@@ -23,7 +23,7 @@ import numpy as np
 
 from feature_extraction.store import FeatureStore
 from retrieval.formats import exit_on_user_error, iter_jsonl
-from feature_extraction.config import CLIParser
+from foundations.cli import CLIParser
 from retrieval.training.baselines import CLIP_SOURCES, add_kb_args, clip_vectors, kb_from_args
 from retrieval.training.data import load_queries, open_features
 from retrieval.training.evaluation import encode_queries, flat_index

@@ -26,7 +26,7 @@ warnings.filterwarnings("ignore", message="pkg_resources is deprecated")  # the 
 
 from tqdm import tqdm  # noqa: E402
 
-from feature_extraction.config import CLIParser  # noqa: E402
+from foundations.cli import CLIParser  # noqa: E402
 from retrieval.formats import exit_on_user_error, read_queries, write_trec_run  # noqa: E402
 from retrieval.querying.images import DEFAULT_MAX_PIXELS, image_from_path  # noqa: E402
 from retrieval.querying.searcher import Hit, Searcher, open_searcher  # noqa: E402

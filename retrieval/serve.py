@@ -21,7 +21,7 @@ warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
 
 from PIL import Image  # noqa: E402
 
-from feature_extraction.config import CLIParser  # noqa: E402
+from foundations.cli import CLIParser  # noqa: E402
 from retrieval.formats import exit_on_user_error  # noqa: E402
 from retrieval.querying.app import ServerConfig, create_app  # noqa: E402
 from retrieval.querying.searcher import Searcher, open_searcher  # noqa: E402

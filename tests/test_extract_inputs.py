@@ -11,7 +11,7 @@ from helpers_extract import make_bad_files, make_convertible_files
 from PIL import Image
 
 from feature_extraction.config import ShardSpec, UsageError, resolve_shard
-from feature_extraction.decode import BadImage, load_rgb, to_rgb
+from foundations.images import BadImage, decode_image, to_rgb
 from feature_extraction.inputs import list_image_dir, list_image_file, list_texts
 from feature_extraction.tiny import make_image_folder
 
@@ -51,7 +51,7 @@ def test_text_jsonl_problems_are_skipped_with_their_line_number(tmp_path):
 def test_convertible_modes_become_the_expected_rgb(tmp_path):
     expected = make_convertible_files(tmp_path)
     for path in sorted(tmp_path.iterdir()):
-        got = load_rgb(str(path), max_pixels=10**8)
+        got = decode_image(str(path), max_pixels=10**8)
         assert got.mode == "RGB"
         np.testing.assert_array_equal(np.asarray(got), np.asarray(expected[path.stem]), err_msg=path.name)
 
@@ -80,9 +80,9 @@ def test_every_bad_file_gets_its_category(tmp_path):
     expected = make_bad_files(tmp_path, max_pixels=300 * 300)
     for path in sorted(tmp_path.iterdir()):
         with pytest.raises(BadImage) as info:
-            load_rgb(str(path), max_pixels=300 * 300)
+            decode_image(str(path), max_pixels=300 * 300)
         assert info.value.category == expected[path.stem], (path.name, info.value)
-    assert Image.MAX_IMAGE_PIXELS == 89_478_485  # the temporary limit is restored
+    assert Image.MAX_IMAGE_PIXELS == 89_478_485  # no process-wide PIL setting is changed
 
 
 def test_shards_are_contiguous_blocks_on_whole_batches(tmp_path):

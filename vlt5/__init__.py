@@ -7,7 +7,8 @@ tokenizer, checkpoint surgery, model inputs from feature files, and the retrieva
 """
 
 from vlt5.checkpoint import CheckpointError, LoadReport
-from vlt5.config import ConfigError, VisualConfig, VLT5Config
+from foundations.errors import ConfigError
+from vlt5.config import VisualConfig, VLT5Config
 from vlt5.inputs import QueryCollator, VisualInputConfig
 from vlt5.modeling import JointEncoder, JointEncoderOutput, VisualEmbedding
 from vlt5.query_encoder import QueryEncoder, QueryEncoderConfig

@@ -25,7 +25,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from vlt5.config import FORMAT_VERSION, ConfigError, VLT5Config
+from foundations.errors import ConfigError
+from vlt5.config import FORMAT_VERSION, VLT5Config
 
 if TYPE_CHECKING:
     from vlt5.modeling import JointEncoder

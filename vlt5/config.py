@@ -19,47 +19,14 @@ import types
 import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
+
+from foundations.config import from_dict
+from foundations.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
-T = TypeVar("T")
-
-
-class ConfigError(ValueError):
-    """A config is invalid or has unknown keys; the message names the field and the expected value."""
-
-
-def from_dict(cls: type[T], data: dict[str, Any], where: str = "config") -> T:
-    """Build dataclass ``cls`` from ``data`` strictly: unknown keys raise, nested dataclasses recurse."""
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where}: expected an object for {cls.__name__}, got {type(data).__name__}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        raise ConfigError(f"{where}: unknown key(s) for {cls.__name__}: {unknown}; known: {sorted(fields)}")
-    hints = typing.get_type_hints(cls)
-    kwargs: dict[str, Any] = {}
-    for name, value in data.items():
-        sub = _dataclass_in(hints[name])
-        if sub is not None and isinstance(value, dict):
-            value = from_dict(sub, value, f"{where}.{name}")
-        elif isinstance(value, list) and typing.get_origin(hints[name]) is tuple:
-            value = tuple(value)
-        kwargs[name] = value
-    return cls(**kwargs)
-
-
-def _dataclass_in(hint: Any) -> type | None:
-    """The dataclass named by a type hint (``X`` or ``X | None``), else None."""
-    if dataclasses.is_dataclass(hint):
-        return hint  # type: ignore[return-value]
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        for arg in typing.get_args(hint):
-            if dataclasses.is_dataclass(arg):
-                return arg  # type: ignore[return-value]
-    return None
 
 
 @dataclass

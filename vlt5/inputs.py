@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from vlt5.config import ConfigError
+from foundations.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 

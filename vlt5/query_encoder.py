@@ -30,7 +30,9 @@ from torch import Tensor, nn
 from adapters import config_from_dict, config_to_dict, inject, is_adapter_param
 from adapters.base import AdapterError
 from vlt5.checkpoint import CONFIG_NAME, WEIGHTS_NAME, CheckpointError, LoadReport
-from vlt5.config import FORMAT_VERSION, ConfigError, VLT5Config, from_dict
+from foundations.config import from_dict
+from foundations.errors import ConfigError
+from vlt5.config import FORMAT_VERSION, VLT5Config
 from vlt5.inputs import QueryCollator, VisualInputConfig
 from vlt5.modeling import JointEncoder
 

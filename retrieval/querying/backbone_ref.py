@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from feature_extraction.backbones import Backbone, load_backbone
-from feature_extraction.config import UsageError
+from foundations.errors import UsageError
 
 logger = logging.getLogger(__name__)
 

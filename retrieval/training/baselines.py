@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from feature_extraction.config import CLIParser
+from foundations.cli import CLIParser
 from feature_extraction.store import FeatureStore
 from retrieval.formats import Query, exit_on_user_error
 from retrieval.indexing import Index

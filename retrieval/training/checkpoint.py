@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from feature_extraction.writer import fsync_path
+from foundations.io import fsync_path, fsync_tree
 from vlt5 import QueryEncoder
 from vlt5.checkpoint import WEIGHTS_NAME
 
@@ -85,22 +85,13 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 # -- writing -----------------------------------------------------------------------------------------------------
-def _fsync_tree(root: Path) -> None:
-    for path in sorted(root.rglob("*")):
-        if path.is_file():
-            with open(path, "rb") as f:
-                os.fsync(f.fileno())
-    fsync_path(root)
-
-
-
 def write_atomically(run_dir: Path, name: str, write: Callable[[Path], None], step: int) -> Path:
     """Call ``write(tmp_dir)``, fsync, then make it ``run_dir/name`` (replacing the old one)."""
     final, tmp, old = run_dir / name, run_dir / f".{name}.tmp", run_dir / f".{name}.old"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     write(tmp)
-    _fsync_tree(tmp)
+    fsync_tree(tmp)
     maybe_kill("during_save", step)
     if final.exists():
         shutil.rmtree(old, ignore_errors=True)

@@ -17,9 +17,10 @@ import typing
 from collections.abc import Iterator
 from typing import Any
 
-from feature_extraction.config import CLIParser, UsageError
+from foundations.cli import CLIParser
+from foundations.errors import UsageError
 from retrieval.training.config import TrainConfig
-from vlt5.config import ConfigError
+from foundations.errors import ConfigError
 
 SECTIONS = ("data", "model", "optim", "loop", "eval")
 

@@ -15,7 +15,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vlt5.config import ConfigError, from_dict
+from foundations.config import from_dict
+from foundations.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
