@@ -8,7 +8,7 @@ BROWSER := $(VENV)/.browser
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup test test-fast demo bench clean
+.PHONY: setup test test-fast test-gpu demo bench clean
 
 setup: $(STAMP)
 
@@ -29,6 +29,10 @@ test: $(STAMP) $(BROWSER)
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m 'not slow'
+
+# Only the tests marked `gpu` (fp16 extraction, GPU faiss, GradScaler, NCCL); they skip cleanly without CUDA.
+test-gpu: $(STAMP)
+	$(PY) -m pytest -q -m gpu
 
 demo: $(STAMP)
 	PYTHON=$(PY) bash scripts/demo.sh

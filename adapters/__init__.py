@@ -25,27 +25,28 @@ from torch import nn
 from adapters.base import (AdapterError, adapter_state_dict, count_parameters, is_adapter_param,
                            load_adapter_state_dict, mark_only_adapters_trainable)
 from adapters.houlsby import HoulsbyConfig
+from adapters.houlsby import inject as inject_houlsby
 from adapters.lora import LoRAConfig
+from adapters.lora import inject as inject_lora
 from adapters.prompt import PromptConfig
+from adapters.prompt import inject as inject_prompt
+from foundations.config import from_dict
 
 AdapterConfig = HoulsbyConfig | LoRAConfig | PromptConfig
 
 CONFIGS: dict[str, type] = {"houlsby": HoulsbyConfig, "lora": LoRAConfig, "prompt": PromptConfig}
-
-
-def _injector(method: str) -> Callable[[nn.Module, Any], list[str]]:
-    """The method's ``inject`` (imported lazily: a dict of builders, not a scan)."""
-    from adapters import houlsby, lora, prompt
-
-    return {"houlsby": houlsby.inject, "lora": lora.inject, "prompt": prompt.inject}[method]
+INJECTORS: dict[str, Callable[[nn.Module, Any], list[str]]] = {
+    "houlsby": inject_houlsby, "lora": inject_lora, "prompt": inject_prompt}
 
 
 def inject(model: nn.Module, cfg: AdapterConfig) -> list[str]:
-    """Add the adapters described by ``cfg`` to ``model`` (a JointEncoder or a module containing one).
-    Base parameters keep their names and values; returns the names of the added / replaced modules."""
-    if type(cfg).method not in CONFIGS:
+    """Add the adapters described by ``cfg`` to ``model`` (a JointEncoder or a module containing one) as
+    visible modules (wrappers / replaced linears / a prefix module; no hooks). Base parameters keep their names
+    and values and ``requires_grad`` is not touched; returns the names of the added / replaced modules."""
+    method = getattr(type(cfg), "method", None)
+    if method not in INJECTORS:
         raise AdapterError(f"unknown adapter config {cfg!r}")
-    return _injector(type(cfg).method)(model, cfg)
+    return INJECTORS[method](model, cfg)
 
 
 def config_to_dict(cfg: AdapterConfig) -> dict[str, Any]:
@@ -56,8 +57,6 @@ def config_to_dict(cfg: AdapterConfig) -> dict[str, Any]:
 
 def config_from_dict(data: dict[str, Any]) -> AdapterConfig:
     """Inverse of :func:`config_to_dict`; unknown methods or fields raise."""
-    from foundations.config import from_dict
-
     data = dict(data)
     method = data.pop("method", None)
     if method not in CONFIGS:

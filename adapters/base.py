@@ -18,12 +18,14 @@ import re
 import torch
 from torch import Tensor, nn
 
+from foundations.errors import UserError
+
 logger = logging.getLogger(__name__)
 
 ADAPTER_KEY = re.compile(r"(^|\.)(adapter|prompt)\.|(^|\.)lora_[AB]$")
 
 
-class AdapterError(ValueError):
+class AdapterError(UserError):
     """Adapters cannot be injected or loaded as asked; the message names the modules or keys."""
 
 

@@ -7,9 +7,12 @@ The bottleneck width is ``d_model // reduction_factor`` (8 in VL-Adapter's runs)
 and after the bottleneck (VL_adapter's ``add_layer_norm_{before,after}_adapter``). ``up`` starts at zero, so an
 injected model computes exactly what the base model computes.
 
-Placement uses forward hooks on transformers' ``T5Attention`` / ``T5DenseActDense`` modules; the adapter
-module itself is a child of the sublayer (``...block.{i}.layer.{0|1}.adapter``), so base parameter names do
-not change.
+Placement is a module you can see in ``print(model)`` (litgpt subclasses the block the same way): ``inject``
+replaces ``block.layer[0]`` (``T5LayerSelfAttention``) by :class:`HoulsbySelfAttention` and ``block.layer[-1]``
+(``T5LayerFF``) by :class:`HoulsbyFeedForward`. Each wrapper adopts the original sublayer's children
+(``SelfAttention`` / ``DenseReluDense``, ``layer_norm``, ``dropout``) under the same names and adds ``adapter``,
+so base parameter names do not change and adapter keys stay ``...block.{i}.layer.{0|1}.adapter.*`` — the names
+adapter-only checkpoints have always used (no key mapping is needed). No forward hooks.
 """
 
 from __future__ import annotations
@@ -71,17 +74,46 @@ class HoulsbyAdapter(nn.Module):
         return y + self.post_norm(self.up(self.act(self.down(self.pre_norm(y)))))  # (B, N, d)
 
 
-def _attention_hook(module: nn.Module, args: Any, output: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
-    """T5Attention returns (attn_output, position_bias, attn_weights): adapt the first."""
-    return (module._houlsby(output[0]),) + tuple(output[1:])
+class HoulsbySelfAttention(nn.Module):
+    """T5's self-attention sublayer with an adapter on its output: ``h + dropout(adapter(attn(norm(h))))``.
+    Same call and return as ``T5LayerSelfAttention`` (``(hidden, position_bias, attn_weights)``)."""
+
+    def __init__(self, layer: nn.Module, adapter: HoulsbyAdapter) -> None:
+        super().__init__()
+        self.SelfAttention = layer.SelfAttention
+        self.layer_norm = layer.layer_norm
+        self.dropout = layer.dropout
+        self.adapter = adapter
+
+    def forward(self, hidden_states: Tensor, attention_mask: Tensor | None = None,
+                position_bias: Tensor | None = None, **kwargs: Any) -> tuple[Tensor, Tensor, Tensor | None]:
+        normed = self.layer_norm(hidden_states)  # (B, N, d)
+        y, position_bias, weights = self.SelfAttention(normed, mask=attention_mask, position_bias=position_bias,
+                                                       **kwargs)  # (B, N, d)
+        return hidden_states + self.dropout(self.adapter(y)), position_bias, weights  # (B, N, d)
 
 
-def _feed_forward_hook(module: nn.Module, args: Any, output: Tensor) -> Tensor:
-    return module._houlsby(output)
+class HoulsbyFeedForward(nn.Module):
+    """T5's feed-forward sublayer with an adapter on its output: ``h + dropout(adapter(ff(norm(h))))``."""
+
+    def __init__(self, layer: nn.Module, adapter: HoulsbyAdapter) -> None:
+        super().__init__()
+        self.DenseReluDense = layer.DenseReluDense
+        self.layer_norm = layer.layer_norm
+        self.dropout = layer.dropout
+        self.adapter = adapter
+
+    def forward(self, hidden_states: Tensor) -> Tensor:
+        y = self.DenseReluDense(self.layer_norm(hidden_states))  # (B, N, d)
+        return hidden_states + self.dropout(self.adapter(y))  # (B, N, d)
+
+
+WRAPPERS = (HoulsbySelfAttention, HoulsbyFeedForward)  # what inject puts in place of T5's sublayers
 
 
 def inject(model: nn.Module, cfg: HoulsbyConfig) -> list[str]:
-    """Add Houlsby adapters to the T5 blocks of ``model``; returns the names of the new modules."""
+    """Wrap the chosen sublayers of the T5 blocks of ``model`` (see the module docstring); returns the names
+    of the new adapter modules."""
     blocks = t5_blocks(model)
     indices = range(len(blocks)) if cfg.blocks is None else cfg.blocks
     names = {id(m): n for n, m in model.named_modules()}
@@ -89,15 +121,14 @@ def inject(model: nn.Module, cfg: HoulsbyConfig) -> list[str]:
     for i in indices:
         block = blocks[i]
         for sublayer in cfg.sublayers:
-            layer = block.layer[0] if sublayer == "self_attention" else block.layer[-1]
-            inner = layer.SelfAttention if sublayer == "self_attention" else layer.DenseReluDense
-            if hasattr(layer, "adapter"):
+            position = 0 if sublayer == "self_attention" else len(block.layer) - 1
+            layer = block.layer[position]
+            if isinstance(layer, WRAPPERS):
                 raise AdapterError(f"{names[id(layer)]} already has an adapter")
             d_model = layer.layer_norm.weight.shape[0]
             adapter = HoulsbyAdapter(d_model, cfg).to(layer.layer_norm.weight.device)
-            layer.add_module("adapter", adapter)
-            object.__setattr__(inner, "_houlsby", adapter)  # a reference for the hook, not a second registration
-            inner.register_forward_hook(_attention_hook if sublayer == "self_attention" else _feed_forward_hook)
+            wrapper = HoulsbySelfAttention if sublayer == "self_attention" else HoulsbyFeedForward
+            block.layer[position] = wrapper(layer, adapter)
             added.append(f"{names[id(layer)]}.adapter")
     logger.info("houlsby: %d adapters (reduction %d)", len(added), cfg.reduction_factor)
     return added

@@ -5,7 +5,8 @@
 Targets are named linears: by default ``q`` and ``v`` of every T5 self-attention; any child name (``k``, ``o``,
 ``wi``, ``wo``) or dotted suffix (``layer.0.SelfAttention.o``) works. The replacement subclasses ``nn.Linear``
 and keeps the same ``weight`` / ``bias`` parameters, so base names are unchanged and ``lora_A`` / ``lora_B`` are
-added next to them.
+added next to them (the key names adapter-only checkpoints have always used). It shows as ``LoRALinear(...,
+r=, scaling=)`` in ``print(model)``; no hooks.
 """
 
 from __future__ import annotations
@@ -55,6 +56,9 @@ class LoRALinear(nn.Linear):
                                                dtype=base.weight.dtype))  # (out, r)
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
         self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+
+    def extra_repr(self) -> str:  # print(model) shows LoRALinear(in, out, bias, r, scaling)
+        return f"{super().extra_repr()}, r={self.r}, scaling={self.scaling:g}"
 
     def forward(self, x: Tensor) -> Tensor:
         base = F.linear(x, self.weight, self.bias)  # (..., out)

@@ -28,6 +28,7 @@ from typing import Any
 from torch import nn
 
 from adapters.base import count_parameters, is_adapter_param
+from foundations.errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +37,7 @@ GROUPS = ("head", "adapters", "visual", "backbone")
 _BLOCK = re.compile(r"(^|\.)block\.(\d+)\.")
 
 
-class PolicyError(ValueError):
+class PolicyError(UserError):
     """An unknown policy, or learning rates missing for a trainable group."""
 
 

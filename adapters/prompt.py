@@ -5,7 +5,8 @@ use 40 prompt vectors and ``mid_dim`` 800.
 
 The prefix tokens get mask 1 and take part in the text-text relative position bias (they are text positions
 0..P-1, as in VL_adapter's ``JointEncoder``), so ``last_hidden_state`` grows by P rows at the front. Unlike
-Houlsby and LoRA, a prefix changes the output at initialisation.
+Houlsby and LoRA, a prefix changes the output at initialisation. The prefix is a module attribute of the
+encoder (``joint.prompt``, keys ``prompt.*`` as always), visible in ``print(model)``.
 """
 
 from __future__ import annotations
@@ -52,16 +53,19 @@ class PromptPrefix(nn.Module):
 
 
 def inject(model: nn.Module, cfg: PromptConfig) -> list[str]:
-    """Give the JointEncoder inside ``model`` a learned prefix; returns the new module's name."""
-    from vlt5.modeling import JointEncoder
-
-    joint = next(((n, m) for n, m in model.named_modules() if isinstance(m, JointEncoder)), None)
-    if joint is None:
+    """Give the encoder inside ``model`` a learned prefix; returns the new module's name. The encoder is the
+    module whose class sets ``accepts_prompt_prefix = True`` (:class:`vlt5.modeling.JointEncoder`): it has a
+    ``prompt`` attribute (None until injected), prepends ``prompt(batch)`` to its text embeddings, and its text
+    embedding ``shared`` gives the width. A flag, not an import: adapters never import vlt5."""
+    host = next(((n, m) for n, m in model.named_modules() if getattr(type(m), "accepts_prompt_prefix", False)),
+                None)
+    if host is None:
         raise AdapterError(f"prompt tuning needs a vlt5 JointEncoder inside {type(model).__name__}")
-    name, encoder = joint
+    name, encoder = host
     if encoder.prompt is not None:
         raise AdapterError(f"{name or 'model'} already has a prompt prefix")
-    encoder.prompt = PromptPrefix(encoder.config.d_model, cfg).to(encoder.shared.weight.device)
+    shared = encoder.shared
+    encoder.prompt = PromptPrefix(shared.embedding_dim, cfg).to(shared.weight.device)
     logger.info("prompt: %d prefix vectors (reparameterised: %s)", cfg.length, cfg.reparameterize)
     return [f"{name}.prompt" if name else "prompt"]
 

@@ -1,20 +1,20 @@
-"""Training step time of the driver's loop vs the in-memory bound of the same model.
+"""Training step time: the engine (``retrieval.training.train`` on :mod:`engine`) vs the old loop vs the bound.
 
-    python benchmarks/bench_train.py [--configs tiny t5-small] [--steps 40] [--threads 1] [--json out.json]
+    python benchmarks/bench_train.py [--configs tiny t5-small] [--steps 60 12] [--threads 1] [--json out.json]
 
-For each model size it times
+For each model size it times, on the same data, interleaved over ``--rounds`` rounds (best median kept):
 * ``bound``  — forward + backward + clip + AdamW step + schedule of the task on batches already collated and
-  held in memory (no data loading at all): the best the loop could do;
-* ``driver`` — :func:`retrieval.train`'s loop itself (``step_time`` of ``log.jsonl``: waiting for the batch,
-  moving it, forward, backward, step, logging), reading the query features from an HDF5 file in one of three
-  ways: ``h5`` (read per batch in the main process), ``h5+worker`` (read by one DataLoader worker, prefetching)
-  and ``memory`` (the file cached in RAM, the default when it fits).
+  held in memory (no data loading at all, in this process): the best any loop could do;
+* ``engine`` — the generic engine's loop (``step_time`` of ``log.jsonl``: waiting for the batch, moving it,
+  forward, backward, step, logging), in a fresh process;
+* ``old``    — the 192-line ``train()`` of ``retrieval/training/loop.py`` before the engine, run from an export of
+  commit ``--old-commit`` (``git archive`` into a temporary folder; nothing in the checkout changes) in a fresh
+  process with the same settings (its flat ``model`` config), also read from its ``log.jsonl``.
+Both loops read the query features from the in-memory cache (the default when the file fits).
 The data are the demo task's queries with random features of realistic shapes: ``tiny`` = the demo CLIP
 (fc 48, 8x8 grid of width 64) and the tiny random-init encoder; ``t5-small`` = ViT-B/32-like features (fc 512,
 7x7 grid of width 768) and a t5-small-sized encoder (d 512, 6 layers, 8 heads, d_ff 2048).
-``loader alone`` is the data path without the model (HDF5 reads or the in-memory copy, collation) per batch.
-Medians over the timed steps (the first steps are warm-up), best of ``--rounds`` interleaved rounds; the goal
-is driver / bound <= 1.1.
+Goals: engine / old <= 1.05 (issue 9) and engine / bound <= 1.1.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -30,17 +31,20 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+OLD_COMMIT = "3209673"  # the last commit with retrieval/training/loop.py's train()
+RUNNER = ("import json, sys; import retrieval; assert retrieval.__file__.startswith(sys.argv[2]), retrieval.__file__; "
+          "from retrieval.training import TrainConfig, train; train(TrainConfig.from_dict(json.loads(sys.argv[1])))")
 
 import h5py  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from retrieval.demo.task import DemoTaskConfig, write_demo_task  # noqa: E402
-from retrieval.training import TrainConfig, train  # noqa: E402
-from retrieval.training.batches import EpochBatches, TokenizedQuestions, make_loader  # noqa: E402
-from retrieval.training.data import feature_dims, load_kb, load_queries, open_features  # noqa: E402
-from retrieval.training.model import RetrievalTask, build_encoder, build_optimizer, build_scheduler  # noqa: E402
+from engine.optim import build_optimizer, build_scheduler  # noqa: E402
+from retrieval.training import TrainConfig, build_task  # noqa: E402
+from retrieval.training.batches import EpochBatches  # noqa: E402
 from retrieval.training.tokenizer import jsonl_texts, train_tokenizer  # noqa: E402
 
 SIZES = {
@@ -76,29 +80,35 @@ def make_data(root: Path, size: str) -> dict[str, str]:
             "query_features": str(root / "scenes.h5"), "tokenizer": str(root / "tokenizer")}
 
 
-def config(data: dict[str, str], size: str, out: Path, steps: int, threads: int, **data_cfg: object) -> TrainConfig:
-    return TrainConfig.from_dict({
-        "data": {**{k: v for k, v in data.items() if k != "tokenizer"}, "batch_size": SIZES[size]["batch"], "hard_negatives": 3, **data_cfg},
-        "model": {**SIZES[size]["model"], "fc_token": True, "boxes": "grid_cells", "tokenizer": data["tokenizer"]},
+def config(data: dict[str, str], size: str, out: Path, steps: int, threads: int) -> dict:
+    """The run's config as a dict in the engine's (nested) layout."""
+    return {
+        "data": {**{k: v for k, v in data.items() if k != "tokenizer"}, "batch_size": SIZES[size]["batch"],
+                 "hard_negatives": 3, "cache_features": "yes"},
+        "model": {**SIZES[size]["model"], "inputs": {"fc_token": True, "boxes": "grid_cells"},
+                  "tokenizer": data["tokenizer"]},
         "optim": {"lr_backbone": 1e-4},
         "loop": {"out": str(out), "max_steps": steps, "log_every": 1, "threads": threads, "progress": False,
                  "save_init": False, "tensorboard": False},
-        "eval": {"baselines": False}})
+        "eval": {"baselines": False}}
+
+
+def old_layout(cfg: dict) -> dict:
+    """The same config in the old loop's layout (format 1: ``model`` flat; no ``loop.curves``)."""
+    model = {k: v for k, v in cfg["model"].items() if k != "inputs"} | cfg["model"]["inputs"]
+    loop = {k: v for k, v in cfg["loop"].items() if k != "curves"}
+    return {**cfg, "model": model, "loop": loop}
 
 
 def bound_times(cfg: TrainConfig, steps: int) -> list[float]:
     """fwd + bwd + clip + step + schedule on pre-collated in-memory batches (the same model and task)."""
     torch.manual_seed(0)
     torch.set_num_threads(cfg.loop.threads or 1)
-    kb = load_kb(cfg.data.kb, cfg.data.kb_features, None, "image")
-    store = open_features(cfg.data.query_features, "yes")
-    queries = load_queries(cfg.data.train_queries, set(kb.ids), store, "train")
-    encoder = build_encoder(cfg.model, *feature_dims(store), kb.dim)
-    task = RetrievalTask(encoder, kb.ids, torch.from_numpy(kb.vectors), 0.05, False)
-    optimizer = build_optimizer(task, cfg.optim)
+    task = build_task(cfg)
+    optimizer = build_optimizer(task.param_groups(), cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.optim, steps)
-    tokens = TokenizedQuestions(encoder.tokenizer, [q.question for q in queries], encoder.config.inputs)
-    source = EpochBatches(queries, store, tokens, encoder.config.inputs, cfg.data.batch_size, 3, 0, 0)
+    source = EpochBatches(task.splits["train"], task.store, task.tokens, task.encoder.config.inputs,
+                          cfg.data.batch_size, 3, 0, 0)
     batches = [source[m] for m in range(min(len(source), 16))]
     trainable = [p for p in task.parameters() if p.requires_grad]
     task.train()
@@ -115,28 +125,21 @@ def bound_times(cfg: TrainConfig, steps: int) -> list[float]:
     return times
 
 
-def loader_time(cfg: TrainConfig, batches: int) -> float:
-    """Seconds per batch of the data path alone (read + tokenised ids + collate), in the main process."""
-    kb = load_kb(cfg.data.kb, cfg.data.kb_features, None, "image")
-    store = open_features(cfg.data.query_features, cfg.data.cache_features)
-    queries = load_queries(cfg.data.train_queries, set(kb.ids), store, "train")
-    from vlt5 import load_tokenizer
-    from vlt5.inputs import VisualInputConfig
-
-    inputs = VisualInputConfig(fc_token=True, boxes="grid_cells")
-    tokens = TokenizedQuestions(load_tokenizer(cfg.model.tokenizer), [q.question for q in queries], inputs)
-    source = EpochBatches(queries, store, tokens, inputs, cfg.data.batch_size, 3, 0, 0)
-    n = min(batches, len(source))
-    t0 = time.perf_counter()
-    for batch in make_loader(source, 0, n, 0, 1, False):
-        del batch
-    return (time.perf_counter() - t0) / n
-
-
-def driver_times(cfg: TrainConfig) -> list[float]:
-    train(cfg)
-    log = Path(cfg.loop.out) / "log.jsonl"
+def loop_times(tree: Path, cfg: dict) -> list[float]:
+    """``train(cfg)`` of the code in ``tree`` in a fresh process; the logged step times."""
+    env = {**os.environ, "PYTHONPATH": str(tree), "OMP_NUM_THREADS": str(cfg["loop"]["threads"])}
+    subprocess.run([sys.executable, "-c", RUNNER, json.dumps(cfg), str(tree)], cwd=tree, env=env, check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    log = Path(cfg["loop"]["out"]) / "log.jsonl"
     return [r["step_time"] for r in map(json.loads, log.read_text().splitlines()) if r["kind"] == "train"]
+
+
+def export_old_tree(commit: str, where: Path) -> Path:
+    """The files of ``commit`` under ``where`` (``git archive``: the checkout and its git state are untouched)."""
+    where.mkdir(parents=True)
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", commit], check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(where)], input=archive, check=True)
+    return where
 
 
 def main() -> None:
@@ -146,37 +149,33 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--rounds", type=int, default=3, help="interleaved repetitions (noisy shared machines)")
+    p.add_argument("--old-commit", default=OLD_COMMIT)
     p.add_argument("--json", type=Path)
     args = p.parse_args()
     results = {}
     print(f"torch {torch.__version__}, {args.threads} thread(s), {os.cpu_count()} CPUs; median step time (ms)")
-    print(f"{'config':<10} {'bound':>8} {'h5':>8} {'h5+worker':>10} {'memory':>8}   worst/bound   "
-          "loader alone: h5 / memory")
-    for size, steps in zip(args.configs, args.steps + args.steps[-1:] * len(args.configs)):
-        with tempfile.TemporaryDirectory() as tmp:
-            data = make_data(Path(tmp) / "data", size)
+    print(f"{'config':<10} {'bound':>8} {'old loop':>9} {'engine':>8}   engine/old   engine/bound")
+    with tempfile.TemporaryDirectory() as tmp:
+        old_tree = export_old_tree(args.old_commit, Path(tmp) / "old")
+        for size, steps in zip(args.configs, args.steps + args.steps[-1:] * len(args.configs)):
+            data = make_data(Path(tmp) / f"data_{size}", size)
             total = steps + args.warmup
-            modes = {"h5": dict(cache_features="no"), "h5+worker": dict(cache_features="no", num_workers=1),
-                     "memory": dict(cache_features="yes")}
             row: dict[str, float] = {}
-            for round_ in range(args.rounds):  # interleaved rounds; the best median of each mode is kept
-                cfg = config(data, size, Path(tmp) / f"bound{round_}", total, args.threads)
-                times = {"bound": bound_times(cfg, total)}
-                for mode, extra in modes.items():
-                    cfg = config(data, size, Path(tmp) / f"{mode}{round_}", total, args.threads, **extra)
-                    times[mode] = driver_times(cfg)
-                for mode, values in times.items():
-                    row[mode] = min(row.get(mode, float("inf")), statistics.median(values[args.warmup:]))
-            for name, cache in (("loader_h5", "no"), ("loader_memory", "yes")):
-                cfg = config(data, size, Path(tmp) / name, total, args.threads, cache_features=cache)
-                row[name] = loader_time(cfg, 50)
-        results[size] = {k: round(v * 1000, 2) for k, v in row.items()}
-        worst = max(row[m] for m in modes) / row["bound"]
-        results[size]["worst_ratio"] = round(worst, 3)
-        print(f"{size:<10} " + " ".join(f"{results[size][k]:>{w}.1f}" for k, w in
-                                        (("bound", 8), ("h5", 8), ("h5+worker", 10), ("memory", 8)))
-              + f"   {worst:.2f}x         {results[size]['loader_h5']:.1f} / {results[size]['loader_memory']:.1f}",
-              flush=True)
+            for round_ in range(args.rounds):  # interleaved rounds, alternating the order of the two loops
+                base = config(data, size, Path(tmp) / f"bound_{size}{round_}", total, args.threads)
+                times = {"bound": bound_times(TrainConfig.from_dict(base), total)}
+                order = ("old", "engine") if round_ % 2 == 0 else ("engine", "old")
+                for name in order:
+                    cfg = config(data, size, Path(tmp) / f"{name}_{size}{round_}", total, args.threads)
+                    times[name] = loop_times(old_tree, old_layout(cfg)) if name == "old" else loop_times(REPO, cfg)
+                for name, values in times.items():
+                    row[name] = min(row.get(name, float("inf")), statistics.median(values[args.warmup:]))
+            results[size] = {k: round(v * 1000, 2) for k, v in row.items()}
+            results[size]["engine_over_old"] = round(row["engine"] / row["old"], 3)
+            results[size]["engine_over_bound"] = round(row["engine"] / row["bound"], 3)
+            r = results[size]
+            print(f"{size:<10} {r['bound']:>8.1f} {r['old']:>9.1f} {r['engine']:>8.1f}   {r['engine_over_old']:>9.3f}x"
+                  f"   {r['engine_over_bound']:>11.3f}x", flush=True)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
 

@@ -1,185 +1,57 @@
-"""CLIP backbones behind one small interface: ``preprocess``, ``tokenize``, ``encode_images``, ``encode_texts``.
+"""CLIP backbones behind one small interface: ``preprocess``, ``tokenize``, ``encode_images``, ``encode_texts``
+(:class:`~feature_extraction.backbone_base.Backbone`), and :func:`load_backbone`, which picks the family.
 
 Two families, both through their real loaders (no re-implemented models):
 
-* OpenAI CLIP (``clip.load(name_or_path, jit=False)``, the ``clip`` package of openai/CLIP): names such as
-  ``RN101`` / ``ViT-B/32`` or a local OpenAI-format ``.pt``.  ``fc`` is exactly ``model.encode_image`` /
-  ``encode_text``; the grid is captured by a forward hook during that same forward pass: ResNet ``layer4``
-  output (N, C, h, w) -> (N, h*w, C) row-major, or the ViT ``transformer`` output (the last block, before
-  ``ln_post``; LND in the clip code) -> (N, h*w, C) without the CLS token.
-* transformers CLIP (``hf:<dir or hub id>``): one ``get_image_features`` call returns both the projected
-  embedding (``pooler_output``) and ``last_hidden_state`` (encoder output before ``post_layernorm``), whose patch
-  tokens ``[:, 1:]`` are the grid.
+* OpenAI CLIP (:mod:`feature_extraction.openai_backbone`): ``clip.load(name_or_path, jit=False)``; names such as
+  ``RN101`` / ``ViT-B/32`` or a local OpenAI-format ``.pt``. ``fc`` is exactly ``model.encode_image`` /
+  ``encode_text``; the grid is ResNet ``layer4`` or the ViT final-block patch tokens, from the same forward pass.
+* transformers CLIP (:mod:`feature_extraction.hf_backbone`, ``hf:<dir or hub id>``): one ``get_image_features``
+  call returns both the projected embedding (``pooler_output``) and ``last_hidden_state`` (encoder output before
+  ``post_layernorm``), whose patch tokens ``[:, 1:]`` are the grid.
 
-A non-native ``image_size`` interpolates the positional embeddings bicubically (ViT patch grid; ResNet
-attention-pool grid), as timm's ``resample_abs_pos_embed`` and transformers' ``interpolate_pos_encoding`` do;
-the native size leaves the model untouched.
+The families are a registry (:data:`BACKBONE_FAMILIES`, a dict literal of lazy builders, as DPR's
+``BIENCODER_INITIALIZERS``): this module imports a family only when it is asked for, and no family imports this
+module (they share :mod:`feature_extraction.backbone_base`), so there is no import cycle.
 """
 
 from __future__ import annotations
 
-import hashlib
-import logging
-import os
-import warnings
 from collections.abc import Callable
-from pathlib import Path
-from typing import Any
 
 import torch
-import torch.nn.functional as F
-from torch import nn
-from torchvision import transforms as T
 
-from foundations.errors import UsageError
-from foundations.images import RGB_CONVERSION
+from feature_extraction.backbone_base import (CLIP_MEAN, CLIP_STD, Backbone, clip_transform, file_sha256,
+                                              resize_pos_embed)
 
-logger = logging.getLogger(__name__)
-
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+__all__ = ["BACKBONE_FAMILIES", "CLIP_MEAN", "CLIP_STD", "Backbone", "backbone_family", "clip_transform",
+           "file_sha256", "load_backbone", "resize_pos_embed"]
 
 
-def file_sha256(path: str | Path, block: int = 1 << 24) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(block):
-            digest.update(chunk)
-    return digest.hexdigest()
+def _openai_clip(spec: str, device: str, compute_dtype: torch.dtype, image_size: int | None) -> Backbone:
+    from feature_extraction.openai_backbone import OpenAIClip
+
+    return OpenAIClip(spec, device, compute_dtype, image_size)
 
 
-def resize_pos_embed(pos: torch.Tensor, new_side: int) -> torch.Tensor:
-    """(1 + s*s, C) positional embedding -> (1 + new_side**2, C): bicubic over the square grid, CLS row kept."""
-    side = round((pos.shape[0] - 1) ** 0.5)
-    if side == new_side:
-        return pos
-    grid = pos[1:].reshape(1, side, side, -1).permute(0, 3, 1, 2).float()  # (1, C, s, s)
-    grid = F.interpolate(grid, size=(new_side, new_side), mode="bicubic", align_corners=False)
-    grid = grid.permute(0, 2, 3, 1).reshape(new_side * new_side, -1).to(pos.dtype)  # (new_side**2, C)
-    return torch.cat([pos[:1], grid])
+def _hf_clip(spec: str, device: str, compute_dtype: torch.dtype, image_size: int | None) -> Backbone:
+    from feature_extraction.hf_backbone import HFClip
+
+    return HFClip(spec, device, compute_dtype, image_size)
 
 
-def clip_transform(size: int) -> T.Compose:
-    """The OpenAI CLIP preprocessing at ``size`` px (the same ops as ``clip.load``'s transform on RGB input)."""
-    return T.Compose([T.Resize(size, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(size), T.ToTensor(),
-                      T.Normalize(CLIP_MEAN, CLIP_STD)])
+BackboneBuilder = Callable[[str, str, torch.dtype, int | None], Backbone]
+BACKBONE_FAMILIES: dict[str, BackboneBuilder] = {
+    "openai-clip": _openai_clip,
+    "hf-clip": _hf_clip,
+}
 
 
-class Backbone:
-    """What the driver needs from a CLIP model; subclasses fill the metadata fields in ``__init__``."""
-
-    name: str
-    family: str  # "openai-clip" | "hf-clip"
-    arch: str  # "vit" | "resnet"
-    weights_path: str
-    weights_sha256: str
-    native_image_size: int
-    image_size: int
-    grid_hw: tuple[int, int]
-    fc_dim: int
-    grid_dim: int
-    device: str
-    compute_dtype: torch.dtype
-    preprocess: Callable[[Any], torch.Tensor]
-    tokenize: Callable[[list[str]], dict[str, torch.Tensor]]
-    preprocessing: str
-    tokenization: str
-
-    def encode_images(self, pixels: torch.Tensor, grid: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-        raise NotImplementedError
-
-    def encode_texts(self, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
-        raise NotImplementedError
-
-    def _set_size(self, native: int, requested: int | None, stride: int) -> int:
-        size = requested or native
-        if size % stride:
-            raise UsageError(f"--image-size {size} must be a multiple of {stride} for {self.name}")
-        self.native_image_size, self.image_size = native, size
-        self.grid_hw = (size // stride, size // stride)
-        return size // stride
-
-
-class OpenAITokenize:
-    """Picklable ``clip.tokenize`` with truncation (long passages are cut at the context length)."""
-
-    def __init__(self, context_length: int) -> None:
-        self.context_length = context_length
-
-    def __call__(self, texts: list[str]) -> dict[str, torch.Tensor]:
-        import clip
-
-        return {"text": clip.tokenize(texts, context_length=self.context_length, truncate=True)}
-
-
-class OpenAIClip(Backbone):
-    family = "openai-clip"
-
-    def __init__(self, name: str, device: str, compute_dtype: torch.dtype, image_size: int | None) -> None:
-        import clip
-
-        self.name, self.device, self.compute_dtype = name, device, compute_dtype
-        if name in clip.available_models():
-            url = clip.clip._MODELS[name]  # the URL carries the sha256 that clip.load verifies
-            self.weights_path = os.path.join(os.path.expanduser("~/.cache/clip"), os.path.basename(url))
-            self.weights_sha256 = url.split("/")[-2]
-        elif Path(name).is_file():
-            self.weights_path, self.weights_sha256 = str(Path(name).resolve()), file_sha256(name)
-        else:
-            raise UsageError(f"--backbone {name!r}: not an OpenAI CLIP name ({', '.join(clip.available_models())}),"
-                             " not a local .pt file, and not hf:<dir or hub id>")
-        # fp16 only on CUDA, through clip's own mixed-precision model; everything else computes in fp32.
-        load_device = device if compute_dtype == torch.float16 else "cpu"
-        try:
-            with warnings.catch_warnings():  # clip.load first tries TorchScript; a state dict is the normal case
-                warnings.filterwarnings("ignore", message=".*(not a JIT archive|torch.jit.load).*")
-                model, _ = clip.load(name, device=load_device, jit=False)
-        except Exception as exc:  # a corrupt or foreign checkpoint is a user error, not a crash
-            raise UsageError(f"--backbone {name}: clip.load failed ({type(exc).__name__}: {exc})") from exc
-        self.model = model.to(device).eval()
-        visual = self.model.visual
-        self.arch = "vit" if isinstance(visual, clip.model.VisionTransformer) else "resnet"
-        stride = visual.conv1.kernel_size[0] if self.arch == "vit" else 32
-        side = self._set_size(visual.input_resolution, image_size, stride)
-        if self.arch == "vit":
-            visual.positional_embedding = nn.Parameter(resize_pos_embed(visual.positional_embedding.data, side))
-            visual.input_resolution = self.image_size
-            self.grid_dim, self._grid_module = visual.conv1.out_channels, visual.transformer
-        else:
-            pool = visual.attnpool
-            pool.positional_embedding = nn.Parameter(resize_pos_embed(pool.positional_embedding.data, side))
-            self.grid_dim, self._grid_module = pool.k_proj.in_features, visual.layer4
-        self.fc_dim = self.model.text_projection.shape[1]
-        self.preprocess = clip_transform(self.image_size)
-        self.tokenize = OpenAITokenize(self.model.context_length)
-        self.tokenization = f"clip.tokenize(context_length={self.model.context_length}, truncate=True)"
-        self.preprocessing = (f"{RGB_CONVERSION}; Resize(shortest side {self.image_size}, bicubic) -> "
-                              f"CenterCrop({self.image_size}) -> ToTensor -> Normalize(mean={CLIP_MEAN}, "
-                              f"std={CLIP_STD}) (OpenAI clip transform)")
-
-    def encode_images(self, pixels: torch.Tensor, grid: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-        captured: list[torch.Tensor] = []
-        hook = self._grid_module.register_forward_hook(lambda m, i, o: captured.append(o)) if grid else None
-        try:
-            fc = self.model.encode_image(pixels)  # (N, D)
-        finally:
-            if hook is not None:
-                hook.remove()
-        if not grid:
-            return fc, None
-        out = captured[0]
-        if self.arch == "vit":
-            return fc, out.permute(1, 0, 2)[:, 1:, :]  # LND -> (N, h*w, C), CLS dropped
-        return fc, out.flatten(2).transpose(1, 2)  # (N, C, h, w) -> (N, h*w, C) row-major
-
-    def encode_texts(self, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.model.encode_text(tokens["text"].to(self.device))  # (N, D)
+def backbone_family(spec: str) -> str:
+    """``hf:<dir or hub id>`` -> ``'hf-clip'``; anything else (an OpenAI name or ``.pt`` path) -> ``'openai-clip'``."""
+    return "hf-clip" if spec.startswith("hf:") else "openai-clip"
 
 
 def load_backbone(spec: str, device: str, compute_dtype: torch.dtype, image_size: int | None = None) -> Backbone:
     """``RN101`` / ``ViT-B/32`` / ``path/to/model.pt`` (OpenAI format) or ``hf:<dir or hub id>`` (transformers)."""
-    if spec.startswith("hf:"):
-        from feature_extraction.hf_backbone import HFClip
-
-        return HFClip(spec, device, compute_dtype, image_size)
-    return OpenAIClip(spec, device, compute_dtype, image_size)
+    return BACKBONE_FAMILIES[backbone_family(spec)](spec, device, compute_dtype, image_size)

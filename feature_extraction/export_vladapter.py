@@ -1,6 +1,6 @@
 """Export a feature file to VL_adapter's CLIP layout: one ``{id}.h5`` per image holding group ``id/features``.
 
-    python -m feature_extraction.export_vladapter feats.h5 data_clip_RN101_att [--fc-dir data_clip_RN101_fc]
+    vlt5r export-vladapter feats.h5 data_clip_RN101_att [--fc-dir data_clip_RN101_fc]
 
 Follows what ylsung/VL_adapter ``feature_extraction/coco_CLIP.py`` writes and ``VL-T5/src/vqa_clip_data.py``
 reads: ``h5py.File(DIR / f"{img_id}.h5")[f"{img_id}/features"]`` of shape (h*w, C).  Our grid rows are already
@@ -11,16 +11,13 @@ path, ``data_clip_{type}_fc`` folder) handles.  Each file is written to a tempor
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
-import sys
 from pathlib import Path
 
 import h5py
 import numpy as np
 
-from foundations.cli import report_error
 from feature_extraction.store import FeatureFileError, FeatureStore
 
 logger = logging.getLogger(__name__)
@@ -52,21 +49,9 @@ def export_vladapter(store: FeatureStore, out_dir: str | Path, fc_dir: str | Pat
     return n
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="export_vladapter", description=__doc__.split("\n")[0])
-    parser.add_argument("features", type=Path, help="feature file (or any layout FeatureStore.open reads)")
-    parser.add_argument("out_dir", type=Path, help="folder for {id}.h5 grid files")
-    parser.add_argument("--fc-dir", type=Path, help="also write the pooled vectors here, as (1, D)")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        with FeatureStore.open(args.features) as store:
-            n = export_vladapter(store, args.out_dir, args.fc_dir)
-    except FeatureFileError as exc:
-        return report_error(exc)
-    print(f"exported {n} items to {args.out_dir}")
-    return 0
+if __name__ == "__main__":  # the old entry point: the same as `vlt5r export-vladapter`
+    import sys
 
+    from vlt5r.drivers.export_vladapter import main
 
-if __name__ == "__main__":
     sys.exit(main())

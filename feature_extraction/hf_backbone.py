@@ -1,4 +1,4 @@
-"""transformers CLIP (``--backbone hf:<dir or hub id>``) behind the :class:`~feature_extraction.backbones.Backbone`
+"""transformers CLIP (``--backbone hf:<dir or hub id>``) behind the :class:`~feature_extraction.backbone_base.Backbone`
 interface.
 
 Follows transformers' ``CLIPModel``: in transformers 5, ``get_image_features`` returns a
@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from feature_extraction.backbones import Backbone, file_sha256
+from feature_extraction.backbone_base import Backbone, file_sha256
 from foundations.errors import UsageError
 from foundations.images import RGB_CONVERSION
 

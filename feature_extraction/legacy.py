@@ -157,23 +157,3 @@ class ClipVilStore(FeatureStore):
         fc = _stack(self.path, ids, [np.load(self._fc[i]) for i in ids], "fc vectors") if self._fc else None
         grid = _stack(self.path, ids, [self._load_grid(i) for i in ids], "grids") if self._att else None
         return Features(list(ids), fc, grid)
-
-
-def open_legacy(path: str | Path) -> FeatureStore:
-    """Pick the legacy reader matching ``path`` (called by ``FeatureStore.open`` for non-native layouts)."""
-    path = Path(path)
-    if path.is_file():
-        if h5py.is_hdf5(path):
-            with h5py.File(path, "r") as f:
-                first = next(iter(f.values()), None)
-                vlt5 = isinstance(first, h5py.Group) and "features" in first
-            if vlt5:
-                return VLT5H5Store(path)
-        raise FeatureFileError(f"{path}: not a feature file in a known layout (ours: ids/fc/grid datasets; VL-T5: "
-                               "f[img_id]['features'])")
-    if any(path.rglob("*.h5")):
-        return VLAdapterDirStore(path)
-    store = ClipVilStore(path)
-    if store.ids:
-        return store
-    raise FeatureFileError(f"{path}: folder holds no {{id}}.h5 (VL_adapter) or {{id}}.npy/.npz (CLIP-ViL) files")

@@ -1,6 +1,6 @@
 """Merge the shard files of one sharded extraction into a single feature file, refusing mismatched shards.
 
-    python feature_extraction/merge_feats.py --out feats.h5 feats-0000*-of-00004.h5
+    vlt5r merge --out feats.h5 feats-0000*-of-00004.h5        (or python feature_extraction/merge_feats.py ...)
 
 Shards are ordered by their ``shard_id`` attribute (not by argument order); since ``clip_prepro_feats.py`` gives
 shard i the i-th contiguous block of the item list, cut on whole batches, the merged file equals an unsharded run
@@ -14,16 +14,14 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-if not __package__:  # run as a script: import the package, not this folder's modules as top-level names
+if not __package__:  # run as a script: import the packages, not this folder's modules as top-level names
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-import argparse
 import logging
 from collections.abc import Iterator, Sequence
 
-from foundations.cli import report_error
 from foundations.errors import UsageError
-from feature_extraction.store import FeatureFileError, FeatureStore, H5FeatureStore
+from feature_extraction.store import FeatureStore, H5FeatureStore
 from feature_extraction.writer import COPY_ROWS, Block, read_skip_record, write_feature_file
 
 logger = logging.getLogger(__name__)
@@ -97,21 +95,7 @@ def merge_shards(paths: Sequence[Path], out: Path, rows_per_read: int = COPY_ROW
             store.close()
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="merge_feats.py", description=__doc__.split("\n")[0])
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("shards", type=Path, nargs="+")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        if args.out.resolve() in {p.resolve() for p in args.shards}:
-            raise UsageError(f"--out {args.out} is one of the shards")
-        n = merge_shards(args.shards, args.out)
-    except (UsageError, FeatureFileError) as exc:
-        return report_error(exc)
-    print(f"merged {len(args.shards)} shards, {n} rows -> {args.out}")
-    return 0
+if __name__ == "__main__":  # the old entry point: the same as `vlt5r merge`
+    from vlt5r.drivers.merge import main
 
-
-if __name__ == "__main__":
     sys.exit(main())

@@ -1,6 +1,7 @@
 """Read feature files: our HDF5 format (DESIGN.md §3) behind one small interface.
 
-``FeatureStore.open(path)`` picks the reader from what is on disk; every reader answers the same questions:
+``feature_extraction.readers.open_features(path)`` picks the reader from what is on disk (the layout registry sits
+there, above this module and :mod:`feature_extraction.legacy`); every reader answers the same questions:
 ``ids``, ``len``, ``id in store``, ``store.get(id)`` and batched ``store.get_many(ids)`` returning
 :class:`Features` (numpy arrays, one row per requested id, in the requested order).
 
@@ -23,6 +24,7 @@ from typing import Any
 
 import h5py
 import numpy as np
+from foundations.errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +32,7 @@ FORMAT_NAME = "vlt5-retrieval/features"
 FORMAT_VERSION = 1
 
 
-class FeatureFileError(ValueError):
+class FeatureFileError(UserError):
     """A feature file is missing, malformed, or lacks a requested id. The message names the file and what was
     expected."""
 
@@ -68,18 +70,12 @@ class FeatureStore:
 
     @staticmethod
     def open(path: str | Path) -> FeatureStore:
-        """Open ``path`` with the reader that matches its layout (our HDF5, or a legacy layout)."""
-        path = Path(path)
-        if not path.exists():
-            raise FeatureFileError(f"{path}: no such feature file or directory")
-        if path.is_file() and h5py.is_hdf5(path):
-            with h5py.File(path, "r") as f:
-                ours = "ids" in f and "fc" in f
-            if ours:
-                return H5FeatureStore(path)
-        from feature_extraction import legacy  # legacy layouts: VL-T5 / VL_adapter HDF5, CLIP-ViL npy/npz
+        """TRANSITIONAL alias of :func:`feature_extraction.readers.open_features`, kept only until every caller
+        imports that instead; then delete it (this lazy import is the last store -> readers -> legacy -> store
+        cycle, see tests/test_import_cycles.py)."""
+        from feature_extraction.readers import open_features
 
-        return legacy.open_legacy(path)
+        return open_features(path)
 
     # -- interface (subclasses set ``_ids`` / ``_attrs`` or override these) --------------------------------
     _ids: list[str]

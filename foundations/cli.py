@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
+import logging
 import sys
 import typing
 from collections.abc import Callable, Iterator, Sequence
@@ -60,6 +62,22 @@ def run(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] 
     except KeyboardInterrupt:
         print_error("interrupted")
         return 130
+
+
+def command(fn: Callable[[Sequence[str] | None], int | None]) -> Callable[[Sequence[str] | None], int]:
+    """Make a driver's body ``fn(argv)`` its ``main(argv=None) -> exit code`` under :func:`run`."""
+
+    @functools.wraps(fn)
+    def main(argv: Sequence[str] | None = None) -> int:
+        return run(fn, argv)
+
+    return main
+
+
+def setup_logging(quiet: bool = False, main_process: bool = True) -> None:
+    """INFO (or WARNING with ``--quiet``, or on non-zero torchrun ranks) to stderr, one format for every command."""
+    level = logging.WARNING if quiet or not main_process else logging.INFO
+    logging.basicConfig(level=level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
 
 
 # -- config dataclasses as flags ---------------------------------------------------------------------------------
@@ -140,9 +158,3 @@ def config_from_flags(cls: type[T], args: argparse.Namespace | dict[str, Any],
         return from_dict(cls, merged, "flags")
     except ConfigError as exc:
         raise UsageError(one_line(exc)) from None
-
-
-def report_error(exc: BaseException) -> int:
-    """Legacy helper for drivers not yet behind :func:`run`: one ``error:`` line, exit 2."""
-    print_error(one_line(exc))
-    return 2

@@ -1,6 +1,7 @@
 """User-facing file formats of the retrieval room (DESIGN.md §3) and their validation.
 
-* KB JSONL: one ``{"id", "title", "text", "image"?}`` object per line.
+* KB JSONL: one ``{"id", "title", "text", "image"?, "article"?}`` object per line (``article``: a passage's article
+  id in an article-level index, read by ``retrieval.querying.PassageMap``).
 * Queries JSONL: ``{"id", "question", "image", "positives": [kb ids], "hard_negatives"?: [kb ids]}``; ``image`` is
   an id in a feature file, or ``null`` for text-only questions (e.g. imported from DPR).
 * TREC run: ``qid Q0 docid rank score tag`` (trec_eval's format, also what ranx's ``Run.from_file`` reads).
@@ -8,20 +9,22 @@
 
 Every error is one line naming ``file:line`` and what was expected. Batch readers can skip bad lines instead of
 raising (``skip_bad=True``); they then log one warning with the count and keep the reasons in a
-:class:`ReadStats`. CLIs wrap their ``main`` in :func:`exit_on_user_error` so a user error never ends in a traceback.
+:class:`ReadStats`.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import math
-import sys
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
+
+from foundations import jsonl
+from foundations.errors import UserError
+from foundations.jsonl import ReadStats
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +32,7 @@ Run = dict[str, dict[str, float]]  # {qid: {docid: score}}
 Qrels = dict[str, dict[str, int]]  # {qid: {docid: relevance}}
 
 
-class FormatError(ValueError):
+class FormatError(UserError):
     """A malformed input file. The message names ``file:line`` and what was expected."""
 
 
@@ -39,11 +42,14 @@ class KBEntry:
     title: str
     text: str
     image: str | None = None
+    article: str | None = None  # passages: the id of their article in an article-level index (PassageMap)
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"id": self.id, "title": self.title, "text": self.text}
         if self.image is not None:
             out["image"] = self.image
+        if self.article is not None:
+            out["article"] = self.article
         return out
 
 
@@ -61,20 +67,6 @@ class Query:
         if self.hard_negatives:
             out["hard_negatives"] = self.hard_negatives
         return out
-
-
-@dataclass
-class ReadStats:
-    """What a lenient reader skipped: ``skipped`` lines and the first reasons (``file:line: why``)."""
-
-    read: int = 0
-    skipped: int = 0
-    reasons: list[str] = field(default_factory=list)
-
-    def skip(self, reason: str, keep: int = 20) -> None:
-        self.skipped += 1
-        if len(self.reasons) < keep:
-            self.reasons.append(reason)
 
 
 # -- field checks ----------------------------------------------------------------------------------------------
@@ -106,9 +98,10 @@ def _id_list(obj: Mapping[str, Any], key: str, where: str, *, required: bool) ->
 
 def parse_kb_entry(obj: Any, where: str) -> KBEntry:
     if not isinstance(obj, dict):
-        raise FormatError(f"{where}: expected a JSON object {{'id', 'title', 'text', 'image'?}}")
+        raise FormatError(f"{where}: expected a JSON object {{'id', 'title', 'text', 'image'?, 'article'?}}")
     return KBEntry(id=_str(obj, "id", where), title=_str(obj, "title", where, empty=True),
-                   text=_str(obj, "text", where, empty=True), image=_str(obj, "image", where, required=False))
+                   text=_str(obj, "text", where, empty=True), image=_str(obj, "image", where, required=False),
+                   article=_str(obj, "article", where, required=False))
 
 
 def parse_query(obj: Any, where: str) -> Query:
@@ -120,68 +113,23 @@ def parse_query(obj: Any, where: str) -> Query:
                  hard_negatives=_id_list(obj, "hard_negatives", where, required=False))
 
 
-# -- JSONL -----------------------------------------------------------------------------------------------------
-T = TypeVar("T")
-
-
-def _scan_jsonl(path: str | Path) -> Iterator[tuple[str, Any]]:
-    """``(where, object)`` per non-blank line; a line that is not JSON yields a :class:`FormatError` as object."""
-    path = Path(path)
-    if not path.is_file():
-        raise FormatError(f"{path}: no such file")
-    with path.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{n}"
-            try:
-                yield where, json.loads(line)
-            except json.JSONDecodeError as exc:
-                yield where, FormatError(f"{where}: invalid JSON ({exc.msg} at column {exc.colno})")
-
-
+# -- JSONL (the toolkit's one reader: foundations.jsonl) -----------------------------------------------------
 def iter_jsonl(path: str | Path) -> Iterator[tuple[str, Any]]:
     """``(where, object)`` for every non-blank line; ``where`` is ``file:line``. Bad JSON raises FormatError."""
-    for where, obj in _scan_jsonl(path):
-        if isinstance(obj, FormatError):
-            raise obj
-        yield where, obj
-
-
-def _read_records(path: str | Path, parse: Callable[[Any, str], T], skip_bad: bool,
-                  stats: ReadStats | None) -> list[T]:
-    stats = stats if stats is not None else ReadStats()
-    out: list[T] = []
-    seen: dict[str, str] = {}
-    for where, obj in _scan_jsonl(path):
-        try:
-            if isinstance(obj, FormatError):
-                raise obj
-            record = parse(obj, where)
-            rid = record.id  # type: ignore[attr-defined]
-            if rid in seen:
-                raise FormatError(f"{where}: duplicate id {rid!r} (first seen at {seen[rid]})")
-            seen[rid] = where
-        except FormatError as exc:
-            if not skip_bad:
-                raise
-            stats.skip(str(exc))
-            continue
-        stats.read += 1
-        out.append(record)
-    if stats.skipped:
-        logger.warning("%s: skipped %d bad line(s); first: %s", path, stats.skipped, stats.reasons[0])
-    return out
+    try:
+        yield from jsonl.iter_jsonl(path)
+    except jsonl.JSONLError as exc:
+        raise FormatError(str(exc)) from None
 
 
 def read_kb(path: str | Path, *, skip_bad: bool = False, stats: ReadStats | None = None) -> list[KBEntry]:
     """All KB entries of a JSONL file (ids unique)."""
-    return _read_records(path, parse_kb_entry, skip_bad, stats)
+    return jsonl.read_records(path, parse_kb_entry, skip_bad=skip_bad, stats=stats, error=FormatError)
 
 
 def read_queries(path: str | Path, *, skip_bad: bool = False, stats: ReadStats | None = None) -> list[Query]:
     """All queries of a JSONL file (ids unique)."""
-    return _read_records(path, parse_query, skip_bad, stats)
+    return jsonl.read_records(path, parse_query, skip_bad=skip_bad, stats=stats, error=FormatError)
 
 
 def write_jsonl(path: str | Path, records: Iterable[KBEntry | Query | Mapping[str, Any]]) -> int:
@@ -229,13 +177,22 @@ def read_trec_run(path: str | Path) -> Run:
     return run
 
 
+def format_score(score: float) -> str:
+    """The shortest text that reads back as exactly ``score`` (Python's float repr): two distinct scores never
+    print alike, so the order a run was written in survives ``read_trec_run`` and ranx's ``Run.from_file``.
+    Whole numbers drop the ``.0`` (``-3``)."""
+    text = repr(float(score))
+    return text[:-2] if text.endswith(".0") else text
+
+
 def write_trec_run(path: str | Path, run: Mapping[str, Mapping[str, float]], tag: str = "vlt5") -> None:
-    """Write ``run`` ranked by decreasing score (ties broken by docid for a stable file)."""
+    """Write ``run`` ranked by decreasing score; scores are written exactly (:func:`format_score`), and only
+    exactly equal scores fall back on docid order (a string order: ``'1000'`` before ``'998'``)."""
     with Path(path).open("w", encoding="utf-8") as f:
         for qid, docs in run.items():
             ranked = sorted(docs.items(), key=lambda kv: (-kv[1], kv[0]))
             for rank, (docid, score) in enumerate(ranked, 1):
-                f.write(f"{qid} Q0 {docid} {rank} {score:.6g} {tag}\n")
+                f.write(f"{qid} Q0 {docid} {rank} {format_score(score)} {tag}\n")
 
 
 def read_trec_qrels(path: str | Path) -> Qrels:
@@ -278,21 +235,3 @@ def load_qrels(path: str | Path) -> Qrels:
     if path.suffix == ".jsonl":
         return qrels_from_queries(read_queries(path))
     return read_trec_qrels(path)
-
-
-# -- CLI helper ------------------------------------------------------------------------------------------------
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def exit_on_user_error(main: F) -> F:
-    """Turn user errors (bad files, bad flags: ``ValueError``/``OSError``) into one ``error: ...`` line, exit 2."""
-
-    @functools.wraps(main)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return main(*args, **kwargs)
-        except (ValueError, OSError) as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            raise SystemExit(2) from None
-
-    return wrapper  # type: ignore[return-value]

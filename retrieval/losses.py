@@ -21,6 +21,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from foundations.errors import UserError
 
 __all__ = ["build_candidates", "dpr_loss", "clip_loss"]
 
@@ -43,7 +44,7 @@ def build_candidates(positives: Sequence[Sequence[str]], hard_negatives: Sequenc
     mask = torch.zeros(len(rows), len(index), dtype=torch.bool)
     for r, i in enumerate(rows):
         if not positives[i]:
-            raise ValueError(f"query {i} of the batch has no positive")
+            raise UserError(f"query {i} of the batch has no positive")
         mask[r, [index[p] for p in positives[i]]] = True
     return list(index), mask
 

@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
-# Train the joint (question + image) query encoder into CLIP space — a thin recipe over `python -m retrieval.train`.
+# Train the joint (question + image) query encoder into CLIP space — a thin recipe over `vlt5r train`.
 #
 #   bash scripts/train_joint_encoder.sh                      # the demo data (runs/demo), tiny random-init encoder
-#   bash scripts/train_joint_encoder.sh --epochs 5 --lr-head 3e-3          # any flag of retrieval.train overrides
+#   bash scripts/train_joint_encoder.sh --epochs 5 --lr-head 3e-3          # any flag of vlt5r train overrides
 #   KB=kb.jsonl TRAIN=... KB_FEATURES=kb.h5 QUERY_FEATURES=q.h5 OUT=runs/mine \
 #       bash scripts/train_joint_encoder.sh --init vlt5:Epoch30.pth --tokenizer t5-base/ --adapters houlsby
 #   NPROC=4 bash scripts/train_joint_encoder.sh             # torchrun DDP (negatives gathered across ranks)
 #
-# Paths come from environment variables (defaults: the layout `python -m retrieval.demo.prepare --out runs/demo`
+# Paths come from environment variables (defaults: the layout `vlt5r demo prepare --out runs/demo`
 # writes, which this script runs when the demo data are missing): DEMO, DATA, FEATURES, KB, TRAIN, DEV, TEST,
 # KB_FEATURES, KB_SIDE (image|text|mean), KB_TEXT_FEATURES, QUERY_FEATURES, QUESTION_FEATURES, TOKENIZER, OUT (default $DEMO/train).
 # Flags given on the command line ("$@") come last and win. See docs/training.md.
@@ -37,15 +37,15 @@ KB_SIDE=${KB_SIDE:-image}
 
 if [[ ! -f "$KB" || ! -f "$QUERY_FEATURES" ]]; then
   if [[ "$KB" == "$DEMO/data/kb.jsonl" && "$QUERY_FEATURES" == "$DEMO/features/scenes.h5" ]]; then
-    echo "demo data missing: python -m retrieval.demo.prepare --out $DEMO"
-    "$PYTHON" -m retrieval.demo.prepare --out "$DEMO"
+    echo "demo data missing: vlt5r demo prepare --out $DEMO"
+    "$PYTHON" -m vlt5r demo prepare --out "$DEMO"
   else
     echo "error: no data at $KB / $QUERY_FEATURES; run 'make demo' first or set DEMO / DATA / KB / ..." >&2
     exit 2
   fi
 fi
 if [[ ! -d "$TOKENIZER" ]]; then  # a random init needs a tokenizer: train a small one on the task's text
-  "$PYTHON" -m retrieval.training.tokenizer --texts "$TRAIN" "$KB" --out "$TOKENIZER"
+  "$PYTHON" -m vlt5r tokenizer --texts "$TRAIN" "$KB" --out "$TOKENIZER"
 fi
 
 args=(--kb "$KB" --kb-features "$KB_FEATURES" --train-queries "$TRAIN" --query-features "$QUERY_FEATURES"
@@ -63,8 +63,8 @@ args+=(--init random --d-model 128 --num-layers 2 --num-heads 4 --d-kv 32 --d-ff
 
 echo "training: outputs under $OUT (config.json, log.jsonl, init/ best/ last/, comparison.json)"
 if [[ "$NPROC" -gt 1 ]]; then
-  "$PYTHON" -m torch.distributed.run --nproc_per_node "$NPROC" -m retrieval.train "${args[@]}" "$@"
+  "$PYTHON" -m torch.distributed.run --nproc_per_node "$NPROC" -m vlt5r train "${args[@]}" "$@"
 else
-  "$PYTHON" -m retrieval.train "${args[@]}" "$@"
+  "$PYTHON" -m vlt5r train "${args[@]}" "$@"
 fi
 echo "best encoder: $OUT/best   test table: $OUT/comparison.json   log: $OUT/log.jsonl"

@@ -20,6 +20,17 @@ from feature_extraction.tiny import TINY_RESNET, TINY_VIT, make_hf_clip, make_op
 pytest_plugins = ["vlt5_fixtures"]  # VL-T5 fixtures (tiny Epoch30.pth, T5 dir, tokenizer, feature file)
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """``@pytest.mark.gpu`` tests need CUDA: skipped (with the reason shown by ``-ra``) where torch sees none.
+    ``make test-gpu`` (``pytest -m gpu``) runs only them."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA (torch.cuda.is_available() is false)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(autouse=True)
 def _restore_global_state():
     """Seed every RNG and restore torch's global settings after each test."""

@@ -11,9 +11,8 @@ from torch import nn
 from vlt5_fixtures import load_parity_encoder, run_regime
 
 from adapters import (AdapterError, HoulsbyConfig, LoRAConfig, PromptConfig, adapter_state_dict, config_from_dict,
-                      config_to_dict, inject, is_adapter_param, load_adapter_state_dict,
-                      mark_only_adapters_trainable)
-from adapters.houlsby import HoulsbyAdapter
+                      config_to_dict, inject, is_adapter_param, load_adapter_state_dict, mark_only_adapters_trainable)
+from adapters.houlsby import HoulsbyAdapter, HoulsbyFeedForward, HoulsbySelfAttention
 from adapters.lora import LoRALinear
 from adapters.policy import PolicyError, apply_policy, param_group_of, param_groups, trainable_names
 from adapters.prompt import prompt_length
@@ -120,6 +119,43 @@ def test_adapter_only_state_dict_round_trip(tmp_path: Path, reference: dict) -> 
         load_adapter_state_dict(fresh, {**saved, "shared.weight": fresh.shared.weight})
     with pytest.raises(AdapterError, match="missing"):
         load_adapter_state_dict(fresh, {k: v for k, v in saved.items() if "lora" not in k})
+
+
+ALL_THREE = (HoulsbyConfig(layer_norm=True), LoRAConfig(r=2), PromptConfig(length=2, mid_dim=5))
+
+
+def test_adapters_are_modules_you_can_see_and_no_hooks() -> None:
+    """litgpt-style wrappers: ``print(model)`` shows every adapter; no forward hooks, no hidden module references."""
+    enc = load_parity_encoder()
+    for cfg in ALL_THREE:
+        inject(enc, cfg)
+    text = repr(enc)
+    assert text.count("HoulsbySelfAttention(") == 2 and text.count("HoulsbyFeedForward(") == 2
+    assert text.count("(adapter): HoulsbyAdapter(") == 4
+    assert text.count("LoRALinear(") == 4 and "r=2, scaling=8" in text  # q and v of 2 blocks; 16 / 2
+    assert "(prompt): PromptPrefix(" in text
+    for layer in enc.encoder.block[0].layer:
+        assert isinstance(layer, HoulsbySelfAttention | HoulsbyFeedForward)
+    for name, module in enc.named_modules():
+        assert not module._forward_hooks and not module._forward_pre_hooks, name
+        hidden = [k for k, v in vars(module).items() if isinstance(v, nn.Module)]  # object.__setattr__ refs
+        assert not hidden, f"{name}: modules outside _modules: {hidden}"
+    assert not nn.modules.module._global_forward_hooks and not nn.modules.module._global_forward_pre_hooks
+
+
+def test_adapter_key_names_are_those_of_existing_checkpoints() -> None:
+    """Adapter-only checkpoints written before the wrappers (hooks) keep loading: the key names did not change,
+    so no key mapping is needed. These literal names are the checkpoint format."""
+    enc = load_parity_encoder()
+    for cfg in ALL_THREE:
+        inject(enc, cfg)
+    houlsby = {f"encoder.block.{b}.layer.{s}.adapter.{m}.{p}" for b in (0, 1) for s in (0, 1)
+               for m in ("pre_norm", "down", "up", "post_norm") for p in ("weight", "bias")}
+    lora = {f"encoder.block.{b}.layer.0.SelfAttention.{t}.lora_{ab}" for b in (0, 1) for t in "qv" for ab in "AB"}
+    prompt = {"prompt.embedding.weight", "prompt.mlp.0.weight", "prompt.mlp.0.bias", "prompt.mlp.2.weight",
+              "prompt.mlp.2.bias"}
+    assert set(adapter_state_dict(enc)) == houlsby | lora | prompt
+    assert set(load_parity_encoder().state_dict()) <= set(enc.state_dict())  # base names unchanged too
 
 
 def test_adapter_configs_round_trip_as_dicts() -> None:

@@ -12,7 +12,7 @@ import sys
 import pytest
 from helpers_extract import REPO
 
-from feature_extraction.clip_prepro_feats import main
+from vlt5r.drivers.extract import main
 from feature_extraction.config import ExtractConfig
 from feature_extraction.tiny import make_image_folder
 

@@ -79,3 +79,12 @@ def test_qrels_from_queries_file(tmp_path) -> None:
     assert read_queries(tmp_path / "q.jsonl") == queries
     assert qrels_from_queries(queries) == {"q1": {"d1": 1, "d2": 1}}
     assert load_qrels(tmp_path / "q.jsonl") == {"q1": {"d1": 1, "d2": 1}}
+
+
+def test_trec_run_scores_are_written_exactly(tmp_path) -> None:
+    """Scores that differ in the 8th significant digit (cosines of near-duplicates) must not tie in the file."""
+    run = {"q": {"a": 0.123456781, "b": 0.123456789, "c": 1e-12, "d": -0.5}}
+    write_trec_run(tmp_path / "r.trec", run)
+    back = read_trec_run(tmp_path / "r.trec")
+    assert back == run
+    assert [line.split()[2] for line in (tmp_path / "r.trec").read_text().splitlines()] == ["b", "a", "c", "d"]

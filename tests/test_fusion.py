@@ -9,7 +9,8 @@ import math
 import pytest
 
 from retrieval.formats import read_trec_run, write_trec_qrels, write_trec_run
-from retrieval.fusion import default_minimum, fuse, global_zscore, main as fusion_main, prepare, tune_weights
+from retrieval.fusion import default_minimum, fuse, global_zscore, prepare, tune_weights
+from vlt5r.drivers.fuse import main as fusion_main
 from retrieval.metrics import evaluate_run
 
 RUN_A = {"q1": {"d1": 3.0, "d2": 1.0}, "q2": {"d3": 2.0}}
@@ -97,6 +98,20 @@ def test_fusion_cli_fit_then_apply(tmp_path) -> None:
                         "--k", "2"]) == 0
     fused = read_trec_run(tmp_path / "f.trec")
     assert len(fused) == 20 and all(len(d) == 2 for d in fused.values())
-    with pytest.raises(SystemExit) as exc:
-        fusion_main(["apply", *runs, "--weights", "0.5,x", "--out", str(tmp_path / "g.trec")])
-    assert exc.value.code == 2
+    assert fusion_main(["apply", *runs, "--weights", "0.5,x", "--out", str(tmp_path / "g.trec")]) == 2  # usage
+
+
+def test_fit_reports_single_runs_and_fusion_on_the_same_queries() -> None:
+    """Two judged queries no run answers: single-run and fused scores must both leave them out (the old CLI scored
+    the single runs over all judged queries, 0 for these two, and the fusion over the answered ones only)."""
+    qrels, a, b = _dev_split()
+    qrels = {**qrels, "lost1": {"z": 1}, "lost2": {"z": 1}}
+    tuned = tune_weights([a, b], qrels, metric="mrr@10", step=0.1, names=["a.trec", "b.trec"])
+    answered = {q: d for q, d in qrels.items() if q in a or q in b}
+    assert tuned["dev_queries"] == len(answered) == len(qrels) - 2
+    singles = tuned["single_run_scores"]
+    assert singles == pytest.approx({"a.trec": evaluate_run(a, answered, ["mrr@10"])["mrr@10"],
+                                     "b.trec": evaluate_run(b, answered, ["mrr@10"])["mrr@10"]})
+    assert singles == pytest.approx({"a.trec": 0.5, "b.trec": 0.5})  # hand value on the answered queries
+    fused = fuse([a, b], tuned["weights"])
+    assert tuned["dev_score"] == pytest.approx(evaluate_run(fused, answered, ["mrr@10"])["mrr@10"]) == 1.0

@@ -13,7 +13,7 @@ import pytest
 
 from retrieval.formats import read_kb, read_queries
 from retrieval.importers import ImportFormatError, ImportStats, iter_records
-from retrieval.importers.__main__ import main as import_main
+from vlt5r.drivers.importers import main as import_main
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -29,7 +29,7 @@ DPR = [
     {"question": "capital of france", "answers": ["Paris"], "positive_ctxs": [ctx("20", key="psg_id")],
      "hard_negative_ctxs": []},
     {"answers": ["x"], "positive_ctxs": []},  # malformed: no question
-    {"question": "bad ctx", "positive_ctxs": [{"title": "no id", "text": "t"}]},  # malformed: context without id
+    {"question": "bad ctx", "positive_ctxs": [{"title": "x", "text": ""}]},  # malformed: no id, no text
     {"question": "no positives", "positive_ctxs": [], "hard_negative_ctxs": [ctx("11")]},
 ]
 
@@ -46,7 +46,32 @@ def test_dpr_json_to_queries_and_kb(tmp_path, capsys) -> None:
     assert {e.id for e in read_kb(tmp_path / "kb.jsonl")} == {"10", "11", "20", "99"}
     out = capsys.readouterr().out
     assert "3 queries written from 5 records" in out and "skipped 2" in out
-    assert "missing 'question'" in out and "no 'passage_id' / 'psg_id'" in out and "[#2]" in out
+    assert "missing 'question'" in out and "no 'passage_id' / 'psg_id' and no 'text'" in out and "[#2]" in out
+
+
+def test_dpr_contexts_without_ids_get_stable_content_ids(tmp_path, capsys, caplog) -> None:
+    """DPR's README schema: contexts are {"title", "text"} only. Ids come from sha1(title + newline + text), the same
+    for the same passage in every record, and the import says how many it derived."""
+    import hashlib
+    import logging
+
+    hamlet = {"title": "Hamlet", "text": "Hamlet is a tragedy by Shakespeare."}
+    records = [{"question": "who wrote hamlet", "answers": ["Shakespeare"], "positive_ctxs": [hamlet],
+                "negative_ctxs": [{"title": "Paris", "text": "Paris is in France."}],
+                "hard_negative_ctxs": [{"title": "Macbeth", "text": "Macbeth is a tragedy."}, ctx("7")]},
+               {"question": "what is hamlet", "answers": ["a play"], "positive_ctxs": [dict(hamlet)]}]
+    (tmp_path / "dpr.json").write_text(json.dumps(records))
+    with caplog.at_level(logging.INFO, logger="retrieval.importers.dpr"):
+        assert import_main(["dpr", "--input", str(tmp_path / "dpr.json"), "--out", str(tmp_path / "q.jsonl"),
+                            "--kb-out", str(tmp_path / "kb.jsonl")]) == 0
+    hamlet_id = "ctx-" + hashlib.sha1(b"Hamlet\nHamlet is a tragedy by Shakespeare.").hexdigest()[:16]
+    queries = read_queries(tmp_path / "q.jsonl")
+    assert [q.positives for q in queries] == [[hamlet_id], [hamlet_id]]
+    assert queries[0].hard_negatives[1] == "7" and queries[0].hard_negatives[0].startswith("ctx-")
+    kb = {e.id: e for e in read_kb(tmp_path / "kb.jsonl")}
+    assert kb[hamlet_id].text == hamlet["text"] and len(kb) == 4
+    assert "4 contexts without an id" in capsys.readouterr().out
+    assert any("4 contexts without an id" in r.getMessage() for r in caplog.records)
 
 
 def test_dpr_passages_tsv(tmp_path) -> None:
@@ -113,7 +138,7 @@ def test_kilt_passages_use_row_numbers_and_article_titles(tmp_path) -> None:
     assert [(e.id, e.title, e.image) for e in kb] == [("0", "A", "512px-A"), ("2", "Alabama", None)]
 
 
-def test_fatal_errors_are_one_line_exit_2(tmp_path) -> None:
+def test_fatal_errors_are_one_line_exit_1(tmp_path) -> None:
     (tmp_path / "trunc.json").write_text('[{"question": "a", "positive_ctxs": []}, {"question": ')
     (tmp_path / "junk.jsonl").write_text("not json\n")
     cases = [
@@ -125,7 +150,7 @@ def test_fatal_errors_are_one_line_exit_2(tmp_path) -> None:
     for argv, message in cases:
         proc = subprocess.run([sys.executable, "-m", "retrieval.importers", *argv, "--out", str(tmp_path / "o.jsonl")],
                               capture_output=True, text=True, cwd=REPO)
-        assert proc.returncode == 2, (argv, proc.stderr)
+        assert proc.returncode == 1, (argv, proc.stderr)  # user errors: exit 1, one line
         assert message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1
         assert not (tmp_path / "o.jsonl").exists()
@@ -148,3 +173,35 @@ def test_json_array_streaming_handles_records_across_chunks(tmp_path, monkeypatc
 def _write(path: Path, text: str) -> Path:
     path.write_text(text)
     return path
+
+
+def test_kilt_output_feeds_the_passage_map_without_edits(tmp_path) -> None:
+    """ViQuAE-style search: an index over the articles (ids from --split article), passages from the same import
+    (--split paragraph, or passage records + --articles) → PassageMap → ranked passages, no hand edits."""
+    import numpy as np
+
+    from retrieval.indexing import IndexConfig, build_index
+    from retrieval.querying import PassageMap, Searcher
+
+    src = tmp_path / "kb_src.jsonl"
+    src.write_text("\n".join(json.dumps(a) for a in ARTICLES))
+    assert import_main(["kilt", "--input", str(src), "--out", str(tmp_path / "articles.jsonl"), "--split",
+                        "article"]) == 0
+    assert import_main(["kilt", "--input", str(src), "--out", str(tmp_path / "paragraphs.jsonl")]) == 0
+    (tmp_path / "records.jsonl").write_text("\n".join(json.dumps(p) for p in [
+        {"passage": "A is the first letter.", "index": 0}, {"passage": "A state.", "index": 1},
+        {"passage": "It is old.", "index": 0}]))
+    assert import_main(["kilt", "--input", str(tmp_path / "records.jsonl"), "--articles", str(src), "--out",
+                        str(tmp_path / "records_kb.jsonl")]) == 0
+    articles = {e.id: e for e in read_kb(tmp_path / "articles.jsonl")}
+    assert list(articles) == ["290", "303"]
+    index = build_index(np.array([[1.0, 0.0], [0.0, 1.0]], dtype=np.float32), list(articles),
+                        IndexConfig(factory="Flat"))
+    query = np.array([[1.0, 0.2]], dtype=np.float32)  # article 290 first, then 303
+    for passages, expected in [("paragraphs.jsonl", ["290_1", "290_3", "303_1"]),
+                               ("records_kb.jsonl", ["0", "2", "1"])]:
+        searcher = Searcher(index, articles, None, PassageMap.from_jsonl(tmp_path / passages))
+        hits = searcher.search_vectors(query, 3)[0]
+        assert [h.id for h in hits] == expected, passages
+        assert hits[0].title == "A" and hits[0].snippet == "A is the first letter."
+        assert searcher.image_entry_id(expected[0]) == "290"  # the passage's picture is its article's

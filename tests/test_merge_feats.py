@@ -10,7 +10,7 @@ import h5py
 import pytest
 from helpers_extract import REPO, assert_same_content, extract_with
 
-from feature_extraction import clip_prepro_feats, merge_feats
+from vlt5r.drivers import extract as clip_prepro_feats, merge as merge_feats
 from feature_extraction.config import ShardSpec, UsageError
 from feature_extraction.merge_feats import merge_shards
 from feature_extraction.tiny import make_image_folder
@@ -88,5 +88,5 @@ def test_script_form_reports_a_missing_shard_file(tmp_path):
     proc = subprocess.run([sys.executable, str(REPO / "feature_extraction" / "merge_feats.py"), "--out",
                            str(tmp_path / "m.h5"), str(tmp_path / "missing.h5")], capture_output=True, text=True,
                           cwd=tmp_path, timeout=120)
-    assert proc.returncode == 2
+    assert proc.returncode == 1  # a user error (a missing file): exit 1, one line
     assert proc.stderr == f"error: {tmp_path / 'missing.h5'}: no such feature file or directory\n"

@@ -4,7 +4,8 @@ import h5py
 import numpy as np
 import pytest
 
-from feature_extraction.store import FeatureFileError, FeatureStore, H5FeatureStore
+from feature_extraction.readers import open_features
+from feature_extraction.store import FeatureFileError, H5FeatureStore
 
 
 def _write(path, n=7, d=5, t=3, c=4):
@@ -21,7 +22,7 @@ def _write(path, n=7, d=5, t=3, c=4):
 
 def test_lookup_in_any_order_with_repeats(tmp_path):
     ids, fc, grid = _write(tmp_path / "f.h5")
-    with FeatureStore.open(tmp_path / "f.h5") as store:
+    with open_features(tmp_path / "f.h5") as store:
         assert isinstance(store, H5FeatureStore) and len(store) == 7 and "img3" in store
         want = ["img5", "img1", "img5", "img0"]
         got = store.get_many(want)
@@ -34,7 +35,7 @@ def test_lookup_in_any_order_with_repeats(tmp_path):
 
 def test_batches_cover_file_in_order(tmp_path):
     ids, fc, _ = _write(tmp_path / "f.h5")
-    store = FeatureStore.open(tmp_path / "f.h5")
+    store = open_features(tmp_path / "f.h5")
     parts = list(store.batches(3))
     assert [len(p.ids) for p in parts] == [3, 3, 1]
     np.testing.assert_array_equal(np.concatenate([p.fc for p in parts]), fc)
@@ -42,8 +43,8 @@ def test_batches_cover_file_in_order(tmp_path):
 
 def test_missing_id_and_missing_file_name_what_is_wrong(tmp_path):
     _write(tmp_path / "f.h5")
-    store = FeatureStore.open(tmp_path / "f.h5")
+    store = open_features(tmp_path / "f.h5")
     with pytest.raises(FeatureFileError, match=r"f\.h5.*'nope'"):
         store.get_many(["img1", "nope"])
     with pytest.raises(FeatureFileError, match="no such"):
-        FeatureStore.open(tmp_path / "absent.h5")
+        open_features(tmp_path / "absent.h5")

@@ -1,5 +1,6 @@
-"""``python -m retrieval.train`` end to end on features from the real extraction CLI (tiny OpenAI-format CLIP),
-every init kind, bf16 on the CPU, the baselines CLI, and one-line user errors (exit 2)."""
+"""``vlt5r train`` end to end on features from the real extraction CLI (tiny OpenAI-format CLIP), every init kind,
+bf16 on the CPU, the baselines CLI, ``curves.png``, and one-line errors (exit 1 for the user's files and values,
+exit 2 for bad flags)."""
 
 from __future__ import annotations
 
@@ -7,13 +8,14 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from train_helpers import FC_DIM, log_records, make_data, train_args
 
 from feature_extraction.clip_prepro_feats import main as extract_main
 from feature_extraction.tiny import TINY_VIT, make_openai_clip
 from retrieval.demo.task import DemoTaskConfig, write_demo_task
-from retrieval.train import main
-from retrieval.training.baselines import main as baselines_main
+from vlt5r.drivers.train import main
+from vlt5r.drivers.baselines import main as baselines_main
 from vlt5 import QueryEncoder
 from vlt5.tiny import make_tiny_t5_dir, make_tiny_tokenizer_dir, make_tiny_vlt5_checkpoint
 
@@ -49,7 +51,7 @@ def test_end_to_end_on_extracted_features(extracted: dict[str, Path], tmp_path: 
             "--dev-queries", str(extracted["dev"]), "--test-queries", str(extracted["test"]),
             "--query-features", str(root / "scenes.h5"), "--question-features", str(root / "q.h5"),
             "--tokenizer", str(extracted["tokenizer"]), "--d-model", "32", "--num-layers", "1", "--num-heads", "2",
-            "--d-kv", "8", "--d-ff", "40", "--fc-token", "--boxes", "grid_cells", "--adapters", "houlsby",
+            "--d-kv", "8", "--d-ff", "40", "--fc-token", "--boxes", "grid_cells", "--method", "houlsby",
             "--policy", "full", "--batch-size", "4", "--epochs", "2", "--eval-every", "3", "--threads", "1",
             "--no-progress", "--out", str(run)]
     assert main(args) == 0
@@ -57,6 +59,7 @@ def test_end_to_end_on_extracted_features(extracted: dict[str, Path], tmp_path: 
     assert f"run directory: {run}" in out and str(run / "comparison.json") in out
     for name in ("config.json", "log.jsonl", "baselines.json", "comparison.json", "result.json"):
         assert (run / name).is_file(), name
+    assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     kinds = {r["kind"] for r in map(json.loads, (run / "log.jsonl").read_text().splitlines())}
     assert kinds == {"train", "dev", "test"}
     comparison = json.loads((run / "comparison.json").read_text())
@@ -66,7 +69,7 @@ def test_end_to_end_on_extracted_features(extracted: dict[str, Path], tmp_path: 
         encoder = QueryEncoder.from_pretrained(run / name)  # self-describing: no flags
         assert encoder.config.proj_dim == 48 and encoder.config.adapters[0]["method"] == "houlsby"
     for name in ("last", "best"):
-        assert json.loads((run / name / "train_config.json").read_text())["model"]["adapters"] == "houlsby"
+        assert json.loads((run / name / "train_config.json").read_text())["model"]["adapter"]["method"] == "houlsby"
         assert "dev" in json.loads((run / name / "metrics.json").read_text())
     # the baselines CLI on the same split and encoder reproduces the driver's table
     table = tmp_path / "table.json"
@@ -91,35 +94,38 @@ def test_pretrained_inits_and_bf16(data: dict[str, Path], tmp_path: Path, init: 
         assert main(train_args(data, tmp_path / "first", "--max-steps", "1")) == 0
         spec = f"encoder:{tmp_path / 'first' / 'last'}"
     run = tmp_path / "run"
-    assert main(train_args(data, run, "--init", spec, "--adapters", "lora" if init != "encoder" else "none",
+    assert main(train_args(data, run, "--init", spec, "--method", "lora" if init != "encoder" else "none",
                            "--precision", "bf16", "--max-steps", "2", "--log-every", "1")) == 0
     assert [r["step"] for r in log_records(run, "train")] == [1, 2]
     assert QueryEncoder.from_pretrained(run / "last").config.proj_dim == FC_DIM
 
 
-def test_user_errors_are_one_line_with_exit_2(data: dict[str, Path], tmp_path: Path,
+def test_errors_are_one_line_with_exit_1_or_2(data: dict[str, Path], tmp_path: Path,
                                               capsys: pytest.CaptureFixture[str]) -> None:
     run = tmp_path / "run"
     assert main(train_args(data, run, "--max-steps", "1")) == 0
     capsys.readouterr()
-    cases = [
-        (["--kb", str(tmp_path / "missing.jsonl")], "missing.jsonl"),
-        (["--query-features", str(tmp_path / "none.h5")], "none.h5"),
-        (["--lr-head", "fast"], "expects float"),
-        (["--precision", "fp64"], "invalid choice"),
-        (["--proj-dim", "7"], "proj_dim 7 != KB embedding dim 12"),
-        (["--precision", "fp16"], "fp16 needs a CUDA device"),
-        (["--resume", "no"], "already holds a checkpoint"),
-        (["--init", f"t5:{tmp_path / 'no_t5'}"], "no_t5"),
-        (["--batch-size", "1000"], "queries make no optimizer step"),
-        (["--kb-side", "text"], "needs --kb-text-features"),
+    cases = [  # (flags, message, exit status: 1 = the user's files or values, 2 = the command line)
+        (["--kb", str(tmp_path / "missing.jsonl")], "missing.jsonl", 1),
+        (["--query-features", str(tmp_path / "none.h5")], "none.h5", 1),
+        (["--lr-head", "fast"], "expects float", 2),
+        (["--precision", "fp64"], "invalid choice", 2),
+        (["--proj-dim", "7"], "proj_dim 7 != KB embedding dim 12", 1),
+        (["--precision", "fp16"], "fp16 needs a CUDA device", 1),
+        (["--resume", "no"], "already holds a checkpoint", 1),
+        (["--init", f"t5:{tmp_path / 'no_t5'}"], "no_t5", 1),
+        (["--batch-size", "1000"], "queries make no optimizer step", 1),
+        (["--kb-side", "text"], "needs --kb-text-features", 2),
+        (["--unfreeze-at", "decoder@epoch:1"], "unknown parameter groups ['decoder']", 1),
     ]
-    for extra, message in cases:
+    for extra, message, status in cases:
+        if "fp16" in extra and torch.cuda.is_available():
+            continue  # fp16 is fine there
         out = run if "--resume" in extra else tmp_path / "fresh"
-        assert main(train_args(data, out, *extra)) == 2, extra
+        assert main(train_args(data, out, *extra)) == status, extra
         err = capsys.readouterr().err.strip().splitlines()
         errors = [line for line in err if line.startswith("error:")]
         assert len(errors) == 1 and message in errors[0], (extra, err)
         assert not any("Traceback" in line for line in err)
-    assert main(train_args(data, tmp_path / "other", "--resume", "yes")) == 2
+    assert main(train_args(data, tmp_path / "other", "--resume", "yes")) == 1
     assert "no last checkpoint" in capsys.readouterr().err

@@ -9,7 +9,7 @@ import pytest
 from safetensors.torch import load_file
 from train_helpers import log_records, make_data, run_train, train_args
 
-from retrieval.train import main
+from vlt5r.drivers.train import main
 
 pytestmark = pytest.mark.slow
 

@@ -17,8 +17,8 @@ import torch
 from safetensors.torch import load_file
 from train_helpers import log_records, make_data, run_train, train_args
 
-from retrieval.train import main
-from retrieval.training.checkpoint import KILL_ENV
+from vlt5r.drivers.train import main
+from engine.checkpoint import KILL_ENV
 
 pytestmark = pytest.mark.slow
 

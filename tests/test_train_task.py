@@ -1,22 +1,25 @@
-"""The training task's pieces in process: freezing policies vs gradients, optimizer groups, LR schedule,
-deterministic sharded batches, and the config <-> flags mapping."""
+"""The retrieval task's pieces in process: freezing policies vs gradients, optimizer groups, deterministic sharded
+batches, and the nested config <-> flags mapping (foundations.cli, as ``vlt5r train`` builds it)."""
 
 from __future__ import annotations
 
-import math
+import argparse
 from pathlib import Path
 
 import pytest
 import torch
-from train_helpers import FC_DIM, GRID_DIM, GRID_TOKENS, make_data, train_args
+from train_helpers import make_data, train_args
 
 from adapters import is_adapter_param
 from adapters.policy import trainable_names
-from retrieval.training.cli import UsageError, config_fields, parse_config
-from retrieval.training.config import ModelConfig, OptimConfig, TrainConfig
+from engine.optim import build_optimizer
+from foundations.cli import CLIParser, add_config_flags, config_from_flags, config_leaves
+from foundations.errors import UsageError
+from retrieval.querying.features import QueryCollator
 from retrieval.training.batches import EpochBatches, TokenizedQuestions, sample_negatives
+from retrieval.training.config import TrainConfig
 from retrieval.training.data import load_kb, load_queries, open_features
-from retrieval.training.model import RetrievalTask, build_encoder, build_optimizer, lr_factor
+from retrieval.training.task import RetrievalTask, build_task
 
 
 @pytest.fixture(scope="module")
@@ -29,16 +32,27 @@ def one_thread() -> None:
     torch.set_num_threads(1)
 
 
-def make_task(data: dict[str, Path], learn_temperature: bool = False, **model: object) -> tuple[RetrievalTask, dict]:
-    kb = load_kb(str(data["kb"]), str(data["kb_features"]), None, "image")
-    store = open_features(str(data["query_features"]))
-    queries = load_queries(str(data["train"]), set(kb.ids), store, "train")
-    cfg = ModelConfig(tokenizer=str(data["tokenizer"]), d_model=24, num_layers=2, num_heads=2, d_kv=8, d_ff=20,
-                      fc_token=True, boxes="grid_cells", **model)  # type: ignore[arg-type]
-    encoder = build_encoder(cfg, FC_DIM, GRID_TOKENS, GRID_DIM, kb.dim)
-    task = RetrievalTask(encoder, kb.ids, torch.from_numpy(kb.vectors), 0.1, learn_temperature)
-    tokens = TokenizedQuestions(encoder.tokenizer, [q.question for q in queries], encoder.config.inputs)
-    batch = EpochBatches(queries, store, tokens, encoder.config.inputs, 6, 2, seed=0, epoch=0)[0]
+def parse_config(argv: list[str]) -> TrainConfig:
+    """Flags -> TrainConfig the way ``vlt5r train`` does it (foundations.cli over the nested config)."""
+    parser = CLIParser(prog="train")
+    parser.add_argument("--config")
+    add_config_flags(parser, TrainConfig)
+    args = vars(parser.parse_args(argv))
+    path = args.pop("config", None)
+    base = TrainConfig.load(path).to_dict() if path else {}
+    base.pop("format_version", None)
+    return config_from_flags(TrainConfig, args, base)
+
+
+def make_task(data: dict[str, Path], learn_temperature: bool = False, adapters: str = "none",
+              policy: str = "auto", **optim: float) -> tuple[RetrievalTask, dict]:
+    argv = train_args(data, data["kb"].parent / "unused", "--num-layers", "2", "--fc-token", "--boxes",
+                      "grid_cells", "--method", adapters, "--policy", policy, "--temperature", "0.1",
+                      *(["--learn-temperature"] if learn_temperature else []),
+                      *[a for k, v in optim.items() for a in (f"--optim.{k}", str(v))])
+    task = build_task(parse_config(argv))
+    batch = EpochBatches(task.splits["train"], task.store, task.tokens, task.encoder.config.inputs, 6, 2, seed=0,
+                         epoch=0)[0]
     return task, batch
 
 
@@ -46,7 +60,8 @@ def make_task(data: dict[str, Path], learn_temperature: bool = False, **model: o
                                               ("none", "last_n_blocks:1"), ("none", "auto")])
 def test_gradients_flow_only_where_the_policy_allows(data: dict[str, Path], adapters: str, policy: str) -> None:
     task, batch = make_task(data, adapters=adapters, policy=policy)
-    resolved = ModelConfig(adapters=adapters, policy=policy).resolved_policy
+    resolved = task.cfg.model.resolved_policy
+    assert resolved == {"auto": "adapters+visual+head" if adapters != "none" else "full"}.get(policy, policy)
     allowed = set(trainable_names(task.encoder, resolved))
     loss, metrics = task.training_forward(batch)
     loss.backward()
@@ -64,22 +79,16 @@ def test_gradients_flow_only_where_the_policy_allows(data: dict[str, Path], adap
 
 
 def test_learned_temperature_gets_a_gradient_and_the_head_lr(data: dict[str, Path]) -> None:
-    task, batch = make_task(data, learn_temperature=True, adapters="houlsby")
+    task, batch = make_task(data, learn_temperature=True, adapters="houlsby", lr_head=3e-3, lr_adapters=2e-3,
+                            lr_visual=1e-3, weight_decay=0.1)
     loss, _ = task.training_forward(batch)
     loss.backward()
     assert task.log_temperature.grad is not None and task.log_temperature.grad.item() != 0.0
-    optim = build_optimizer(task, OptimConfig(lr_head=3e-3, lr_adapters=2e-3, lr_visual=1e-3, weight_decay=0.1))
+    optim = build_optimizer(task.param_groups(), task.cfg.optim)
     groups = {g["name"]: g for g in optim.param_groups}
     assert set(groups) == {"head", "adapters", "visual", "temperature"}  # backbone frozen by the policy
     assert groups["temperature"]["lr"] == 3e-3 and groups["temperature"]["weight_decay"] == 0.0
     assert groups["adapters"]["lr"] == 2e-3 and groups["visual"]["weight_decay"] == 0.1
-
-
-def test_lr_schedule_by_hand() -> None:
-    assert [lr_factor(s, 4, 10, "linear") for s in (0, 3)] == [0.25, 1.0]
-    assert lr_factor(7, 4, 10, "linear") == pytest.approx(1 - 3 / 6)
-    assert lr_factor(7, 4, 10, "cosine") == pytest.approx(0.5 * (1 + math.cos(math.pi * 3 / 6)))
-    assert lr_factor(10, 4, 10, "linear") == 0.0 and lr_factor(9, 0, 10, "constant") == 1.0
 
 
 def test_batches_are_deterministic_and_ranks_split_the_global_batch(data: dict[str, Path]) -> None:
@@ -107,8 +116,8 @@ def test_batches_are_deterministic_and_ranks_split_the_global_batch(data: dict[s
     for qid, negs in zip(whole[0]["query_ids"], whole[0]["negatives"]):
         assert len(negs) == 2 and set(negs) <= set(by_id[qid].hard_negatives)
     # collation = the query encoder's own collator (same token ids, padding, visual tokens)
-    reference = task.encoder.collator(store)([by_id[i].question for i in whole[0]["query_ids"]],
-                                             [by_id[i].image for i in whole[0]["query_ids"]])
+    reference = QueryCollator.for_encoder(task.encoder, store)([by_id[i].question for i in whole[0]["query_ids"]],
+                                                               [by_id[i].image for i in whole[0]["query_ids"]])
     assert reference.keys() == whole[0]["inputs"].keys()
     for key, value in reference.items():
         assert torch.equal(value, whole[0]["inputs"][key]), key
@@ -118,19 +127,34 @@ def test_batches_are_deterministic_and_ranks_split_the_global_batch(data: dict[s
 
 
 def test_every_field_is_a_flag_with_a_unique_plain_alias(data: dict[str, Path], tmp_path: Path) -> None:
-    names = [f.name for _, f, _ in config_fields()]
+    names = [f.name for _, f, _ in config_leaves(TrainConfig)]
     assert len(names) == len(set(names))
+    add_config_flags(argparse.ArgumentParser(), TrainConfig)  # raises on a clash of plain names
     args = train_args(data, tmp_path / "run")
-    cfg, _ = parse_config(args + ["--optim.lr_head", "0.002", "--recall-at", "1", "3", "--pool-grid-to", "none",
-                                  "--learn-temperature", "--loop.resume"])
-    assert cfg.optim.lr_head == 0.002 and cfg.eval.recall_at == (1, 3) and cfg.model.pool_grid_to is None
+    cfg = parse_config(args + ["--optim.lr_head", "0.002", "--recall-at", "1", "3", "--pool-grid-to", "none",
+                               "--learn-temperature", "--loop.resume", "--model.adapter.method", "lora",
+                               "--lora-r", "3", "--unfreeze-at", "backbone@epoch:1", "head@step:2"])
+    assert cfg.optim.lr_head == 0.002 and cfg.eval.recall_at == (1, 3) and cfg.model.inputs.pool_grid_to is None
     assert cfg.optim.learn_temperature and cfg.loop.resume == "yes" and cfg.model.d_model == 24
+    assert cfg.model.adapter.method == "lora" and cfg.model.adapter.lora_r == 3
+    assert cfg.optim.unfreeze_at == ("backbone@epoch:1", "head@step:2")
     cfg.save(tmp_path / "config.json")
     assert TrainConfig.load(tmp_path / "config.json") == cfg
-    again, _ = parse_config(["--config", str(tmp_path / "config.json"), "--lr-head", "0.005"])
-    assert again.optim.lr_head == 0.005 and again.data == cfg.data
+    again = parse_config(["--config", str(tmp_path / "config.json"), "--lr-head", "0.005"])
+    assert again.optim.lr_head == 0.005 and again.data == cfg.data and again.model == cfg.model
     for bad, message in [(["--lr-head", "fast"], "expects float"), (["--kb-side", "audio"], "invalid choice"),
                          (["--no-such-flag", "1"], "unrecognized"), (["--batch-size", "0"], "batch_size"),
-                         (["--init", "bert:x"], "model.init")]:
+                         (["--init", "bert:x"], "model.init"), (["--freeze-at", "head"], "GROUP@epoch:N")]:
         with pytest.raises(UsageError, match=message):
             parse_config(args + bad)
+
+
+def test_a_format_1_config_with_a_flat_model_section_loads_nested(tmp_path: Path) -> None:
+    old = {"format_version": 1, "data": {"kb": "kb.jsonl", "kb_features": "kb.h5", "train_queries": "t.jsonl",
+                                         "query_features": "q.h5"},
+           "model": {"tokenizer": "tok", "fc_token": True, "boxes": "grid_cells", "pool_grid_to": 2,
+                     "adapters": "houlsby", "adapter_reduction": 4, "lora_r": 2}}
+    cfg = TrainConfig.from_dict(old)
+    assert cfg.model.inputs.fc_token and cfg.model.inputs.boxes == "grid_cells" and cfg.model.inputs.pool_grid_to == 2
+    assert cfg.model.adapter.method == "houlsby" and cfg.model.adapter.reduction == 4 and cfg.model.adapter.lora_r == 2
+    assert cfg.to_dict()["format_version"] == 2 and "fc_token" not in cfg.to_dict()["model"]

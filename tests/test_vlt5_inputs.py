@@ -1,4 +1,5 @@
-"""The VL-T5 vocabulary (DESIGN.md §4.2) and visual inputs from feature files (§4.5, §4.9)."""
+"""The VL-T5 vocabulary (DESIGN.md §4.2: loading and training one) and visual inputs from feature files
+(§4.5, §4.9), including VL_adapter's grid pooling on grids smaller than the target."""
 
 from __future__ import annotations
 
@@ -11,10 +12,12 @@ from torch import nn
 from vlt5_fixtures import FC_DIM, load_parity_encoder
 
 from feature_extraction.store import FeatureStore
-from vlt5.inputs import QueryCollator, VisualInputConfig, grid_cell_boxes, visual_inputs
+from foundations.errors import UserError
+from retrieval.querying.features import QueryCollator
+from vlt5.inputs import VisualInputConfig, grid_cell_boxes, visual_inputs
 from vlt5.modeling import pool_square_grid
-from vlt5.tiny import TINY_SP_PIECES, TINY_VOCAB
-from vlt5.tokenization import TokenizerError, check_layout, load_tokenizer
+from vlt5.tiny import TINY_SP_PIECES, TINY_VOCAB, tiny_sentences
+from vlt5.tokenization import TokenizerError, check_layout, load_tokenizer, sentencepiece_size, train_tokenizer
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -51,6 +54,24 @@ def test_wrong_layout_is_refused(tiny_tok_dir: Path) -> None:
         load_tokenizer(tiny_tok_dir / "nope")
 
 
+def test_train_tokenizer_gives_the_vlt5_layout(tiny_tok_dir: Path, tmp_path: Path) -> None:
+    texts = [f"who painted the {c} {t}?" for c in ("red", "blue", "green", "old") for t in ("bus", "tower", "kite")]
+    out = train_tokenizer(texts, tmp_path / "tok", vocab_size=40)
+    assert {"spiece.model", "tokenizer_config.json"} <= {p.name for p in out.iterdir()}
+    tok = load_tokenizer(out)
+    n = sentencepiece_size(tok)
+    assert 3 < n <= 40 and len(tok) == n + 100 + 100  # pieces + <extra_id_*> + <vis_extra_id_*>
+    assert tok.convert_tokens_to_ids(["<pad>", "</s>", "<unk>"]) == [0, 1, 2]
+    assert tok.convert_tokens_to_ids(["<extra_id_0>", "<vis_extra_id_0>"]) == [n + 99, n + 199]
+    ids = tok("who painted the red kite?").input_ids
+    assert ids[-1] == 1 and 2 not in ids  # </s> appended, every piece known
+    # vlt5.tiny's tokenizer is this function on the tiny sentences (the same model, byte for byte)
+    again = train_tokenizer(tiny_sentences(), tmp_path / "tiny", TINY_SP_PIECES, exact_vocab_size=True)
+    assert (again / "spiece.model").read_bytes() == (tiny_tok_dir / "spiece.model").read_bytes()
+    with pytest.raises(UserError, match="no text"):
+        train_tokenizer(["", "  "], tmp_path / "empty", vocab_size=40)
+
+
 # -- boxes, pooling -----------------------------------------------------------------------------------------------
 def test_grid_cell_boxes_row_major() -> None:
     boxes = grid_cell_boxes(2, 4)
@@ -85,6 +106,34 @@ def test_pool_7x7_to_6x6_like_vl_adapter() -> None:
     assert pm[1, :6].tolist() == [1.0] * 6  # window rows 0-1 include the real row 1
     _, zero, _ = pool_square_grid(feats, torch.zeros(2, 49, 4), mask, 6)
     assert torch.equal(zero, torch.zeros(2, 36, 4))  # VL_adapter's all-zero boxes stay zero
+
+
+@pytest.mark.parametrize("side", [4, 5])
+def test_pool_a_grid_smaller_than_the_target_like_adaptive_max_pool(side: int) -> None:
+    """VL_adapter applies AdaptiveMaxPool2d((6, 6)) whatever the grid: a 4x4 grid becomes 36 tokens (cells
+    repeated), not 16 left as they were."""
+    T = side * side
+    feats = torch.randn(2, T, 5)
+    boxes = grid_cell_boxes(side, side).expand(2, T, 4)
+    mask = torch.ones(2, T)
+    mask[1, :side] = 0  # first row of image 1 padded
+    pf, pb, pm = pool_square_grid(feats, boxes, mask, 6)
+    assert pf.shape == (2, 36, 5) and pb.shape == (2, 36, 4) and pm.shape == (2, 36)
+    reference = nn.AdaptiveMaxPool2d((6, 6))(feats.transpose(1, 2).reshape(2, 5, side, side)).flatten(2).transpose(1, 2)
+    assert torch.equal(pf, reference)
+    for b in range(2):
+        assert torch.equal(pf[b].reshape(6, 6, 5), naive_adaptive_max_pool(feats[b].reshape(side, side, 5), 6))
+    assert pb[0, 0].tolist() == pytest.approx([0.0, 0.0, 1 / side, 1 / side])  # a repeated cell keeps its box
+    assert pb[0, 35].tolist() == pytest.approx([(side - 1) / side, (side - 1) / side, 1.0, 1.0])
+    assert pm[1, :6].tolist() == [0.0] * 6 and pm[1, 6:].eq(1).all()  # window row 0 = input row 0 only
+
+
+def test_encoder_pools_a_small_grid_up_to_the_target() -> None:
+    enc = load_parity_encoder(visual={"pool_grid_to": 6})
+    ids = torch.tensor([[5, 9, 13, 1]])
+    with torch.no_grad():
+        out = enc(ids, vis_feats=torch.randn(1, 16, 16))  # a 4x4 grid (a tiny ViT's)
+    assert out.last_hidden_state.shape == (1, 4 + 36, 32)  # 6*6 visual tokens, as model.py's count assumes
 
 
 def test_encoder_pools_inside_like_prepooled_input() -> None:

@@ -1,4 +1,4 @@
-"""Tiny training data for the tests of retrieval.train / mine_negatives (test_train*.py, test_mine*.py).
+"""Tiny training data for the tests of ``vlt5r train`` / mine_negatives (test_train*.py, test_mine*.py).
 
 The demo task generator writes the KB and queries (a few scenes per split); features are either written directly
 with h5py (random, fast: fc dim 12, a 3x3 grid of width 16, odd sizes so a transposed dim fails) or extracted
@@ -67,14 +67,14 @@ def train_args(paths: dict[str, Path], out: Path, *extra: str) -> list[str]:
 
 def run_train(args: list[str], env: dict[str, str] | None = None, timeout: float = 300,
               torchrun: int | None = None) -> subprocess.CompletedProcess:
-    """``python -m retrieval.train ARGS`` (or under ``torchrun --nproc_per_node N``) in a fresh process."""
+    """``python -m vlt5r train ARGS`` (or under ``torchrun --nproc_per_node N``) in a fresh process."""
     full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1",
                 **(env or {})}
     if torchrun:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(torchrun), "--master_port",
-               str(29500 + os.getpid() % 1000), "-m", "retrieval.train", *args]
+               str(29500 + os.getpid() % 1000), "-m", "vlt5r", "train", *args]
     else:
-        cmd = [sys.executable, "-m", "retrieval.train", *args]
+        cmd = [sys.executable, "-m", "vlt5r", "train", *args]
     return subprocess.run(cmd, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=timeout)
 
 

@@ -19,17 +19,17 @@ import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, TypeVar
 
 import torch
 from safetensors.torch import load_file, save_file
-from torch import Tensor
+from torch import Tensor, nn
+from transformers import T5EncoderModel
 
-from foundations.errors import ConfigError
+from adapters.base import is_adapter_param
+from foundations.errors import ConfigError, UserError
 from vlt5.config import FORMAT_VERSION, VLT5Config
-
-if TYPE_CHECKING:
-    from vlt5.modeling import JointEncoder
+from vlt5.tokenization import load_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -38,11 +38,13 @@ WEIGHTS_NAME = "model.safetensors"
 TIED_ALIASES = ("encoder.embed_tokens.weight", "encoder.visual_embedding.obj_order_embedding.weight",
                 "decoder.embed_tokens.weight")
 NEW_MODULES = ("encoder.visual_embedding.fc_embedding.",)  # our extensions: absent from VL-T5 checkpoints
+# The model class is passed in (``cls``): this module never imports vlt5.modeling, which imports it.
+EncoderT = TypeVar("EncoderT", bound=nn.Module)
 STRAY_KEYS = {"encoder.visual_embedding.layer_norm.weight":
               "stray norm over the visual sum, unused with individual_vis_layer_norm (VL-T5 default)"}
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     """A checkpoint cannot be loaded faithfully. ``report`` (a :class:`LoadReport`, when available) says why."""
 
     def __init__(self, message: str, report: LoadReport | None = None) -> None:
@@ -203,8 +205,8 @@ def classify_keys(state: dict[str, Tensor], model_state: dict[str, Tensor], repo
     return keep
 
 
-def load_vlt5_checkpoint(cls: type[JointEncoder], path: str | Path, strict: bool = True,
-                         **overrides: Any) -> tuple[JointEncoder, LoadReport]:
+def load_vlt5_checkpoint(cls: type[EncoderT], path: str | Path, strict: bool = True,
+                         **overrides: Any) -> tuple[EncoderT, LoadReport]:
     """See :meth:`vlt5.modeling.JointEncoder.from_vlt5_checkpoint`."""
     report = LoadReport(path=str(path))
     state = normalise_keys(read_state_dict(path), report)
@@ -228,11 +230,9 @@ def load_vlt5_checkpoint(cls: type[JointEncoder], path: str | Path, strict: bool
 
 
 # ---------------------------------------------------------------------------------------------------------------
-def load_t5(cls: type[JointEncoder], t5_dir: str | Path, feat_dim: int = 2048, vocab_size: int | None = None,
-            **cfg: Any) -> JointEncoder:
+def load_t5(cls: type[EncoderT], t5_dir: str | Path, feat_dim: int = 2048, vocab_size: int | None = None,
+            **cfg: Any) -> EncoderT:
     """See :meth:`vlt5.modeling.JointEncoder.from_t5`."""
-    from transformers import T5EncoderModel
-
     t5_dir = Path(t5_dir)
     if not (t5_dir / "config.json").is_file():
         raise CheckpointError(f"{t5_dir}: not a transformers T5 directory (no config.json)")
@@ -258,30 +258,26 @@ def load_t5(cls: type[JointEncoder], t5_dir: str | Path, feat_dim: int = 2048, v
 def _vlt5_vocab_size(t5_dir: Path, t5_rows: int) -> int:
     """len(VL-T5 tokenizer) if ``t5_dir`` has tokenizer files, else the T5 embedding's row count."""
     if any((t5_dir / name).is_file() for name in ("spiece.model", "tokenizer.json")):
-        from vlt5.tokenization import load_tokenizer
-
         return len(load_tokenizer(t5_dir))
     logger.warning("%s: no tokenizer files; keeping the T5 vocabulary size %d (pass vocab_size=...)", t5_dir, t5_rows)
     return t5_rows
 
 
 # ---------------------------------------------------------------------------------------------------------------
-def save_joint_encoder(model: JointEncoder, directory: str | Path) -> Path:
-    """``config.json`` + ``model.safetensors`` of a bare joint encoder (no adapters: save a QueryEncoder)."""
-    from adapters.base import is_adapter_param
-
+def save_joint_encoder(state: dict[str, Tensor], config: VLT5Config, directory: str | Path) -> Path:
+    """``config.json`` + ``model.safetensors`` of a bare joint encoder's ``state`` (no adapters: save a
+    QueryEncoder, which records them)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    state = model.state_dict()
     if any(is_adapter_param(k) for k in state):
         raise ValueError("this JointEncoder has adapters injected; save the QueryEncoder that records them")
-    model.config.save(directory / CONFIG_NAME)
+    config.save(directory / CONFIG_NAME)
     save_file({k: v.detach().contiguous() for k, v in state.items()}, str(directory / WEIGHTS_NAME),
               metadata={"format": "pt", "format_version": str(FORMAT_VERSION)})
     return directory
 
 
-def load_joint_encoder(cls: type[JointEncoder], directory: str | Path) -> JointEncoder:
+def load_joint_encoder(cls: type[EncoderT], directory: str | Path) -> EncoderT:
     directory = Path(directory)
     for name in (CONFIG_NAME, WEIGHTS_NAME):
         if not (directory / name).is_file():

@@ -12,11 +12,8 @@ Configs load strictly: an unknown key raises :class:`ConfigError` naming it. ``t
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
-import types
-import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,8 +34,9 @@ class VisualConfig:
     ``n_images``: rows of ``img_order_embedding`` (2 in VL-T5, for NLVR2 pairs).
     ``fc_dim``: if set, the encoder accepts ``fc_feats`` (B, fc_dim) and appends them as one extra visual
     token; a projection of its own (``visual_embedding.fc_embedding``) is created when ``fc_dim != feat_dim``.
-    ``pool_grid_to``: if set (VL_adapter uses 6), a square grid of T > n*n tokens is adaptive-max-pooled to
-    n x n inside the encoder, before the visual embedding (VL_adapter ``Downsample``).
+    ``pool_grid_to``: if set (VL_adapter uses 6), a square grid is adaptive-max-pooled to n x n inside the
+    encoder, before the visual embedding (VL_adapter ``Downsample``): always n*n tokens; a grid smaller than
+    n x n is upsampled by repeating cells, exactly as ``nn.AdaptiveMaxPool2d`` does.
     """
 
     feat_dim: int = 2048

@@ -1,4 +1,7 @@
-"""Model inputs from questions and a feature file (DESIGN.md §3 layout, read through ``FeatureStore``).
+"""Model inputs from questions and stored image features (arrays in the DESIGN.md §3 layout), as tensors.
+
+Pure functions: reading the feature file and batching are the caller's (``retrieval.querying.features``
+for encoding, ``retrieval.training.batches`` for training), so this package never opens a feature file.
 
 Visual tokens are the CLIP grid of each image (ResNet layer4 cells or ViT patch tokens, row-major), as in
 VL-Adapter's CLIP path (ylsung/VL_adapter ``*_clip_data.py``: all-zero boxes, one image, 7x7 RN101 grid that the
@@ -24,7 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from foundations.errors import ConfigError
+from foundations.errors import UserError, ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -64,11 +67,11 @@ def grid_hw_of(attrs: dict[str, Any], tokens: int, where: str = "feature file") 
     if hw is not None:
         h, w = int(hw[0]), int(hw[1])
         if h * w != tokens:
-            raise ValueError(f"{where}: grid_hw {h}x{w} does not match {tokens} grid tokens")
+            raise UserError(f"{where}: grid_hw {h}x{w} does not match {tokens} grid tokens")
         return h, w
     side = round(tokens**0.5)
     if side * side != tokens:
-        raise ValueError(f"{where}: no grid_hw attribute and {tokens} tokens is not a square grid")
+        raise UserError(f"{where}: no grid_hw attribute and {tokens} tokens is not a square grid")
     return side, side
 
 
@@ -79,7 +82,7 @@ def visual_inputs(fc: np.ndarray | None, grid: np.ndarray | None, cfg: VisualInp
     out: dict[str, Tensor] = {}
     if cfg.grid:
         if grid is None:
-            raise ValueError("inputs.grid is true but the feature file has no grid")
+            raise UserError("inputs.grid is true but the feature file has no grid")
         feats = torch.from_numpy(np.asarray(grid, dtype=np.float32))  # (B, T, C)
         B, T = feats.shape[:2]
         if cfg.boxes == "grid_cells":
@@ -90,40 +93,16 @@ def visual_inputs(fc: np.ndarray | None, grid: np.ndarray | None, cfg: VisualInp
         out.update(vis_feats=feats, vis_boxes=boxes, vis_attention_mask=torch.ones(B, T))
     if cfg.fc_token:
         if fc is None:
-            raise ValueError("inputs.fc_token is true but the feature file has no fc")
+            raise UserError("inputs.fc_token is true but the feature file has no fc")
         fc_feats = torch.from_numpy(np.asarray(fc, dtype=np.float32))  # (B, D)
         whole = torch.tensor([0.0, 0.0, 1.0, 1.0]) if cfg.boxes == "grid_cells" else torch.zeros(4)
         out.update(fc_feats=fc_feats, fc_boxes=whole.expand(fc_feats.shape[0], 4).clone())  # (B, 4)
     return out
 
 
-class QueryCollator:
-    """``collator(questions, image_ids) -> dict`` of encoder inputs (text + the images' visual tokens).
-
-    ``store`` is a :class:`feature_extraction.store.FeatureStore` (or a path to one); every image id must be in
-    it. The dict's keys are the keyword arguments of :meth:`vlt5.modeling.JointEncoder.forward`.
-    """
-
-    def __init__(self, tokenizer: Any, store: Any, cfg: VisualInputConfig) -> None:
-        from feature_extraction.store import FeatureStore
-
-        self.tokenizer = tokenizer
-        self.store = FeatureStore.open(store) if not hasattr(store, "get_many") else store
-        self.cfg = cfg
-        self._grid_hw: tuple[int, int] | None = None
-
-    def text_inputs(self, questions: Sequence[str]) -> dict[str, Tensor]:
-        enc = self.tokenizer([self.cfg.prefix + q for q in questions], padding=True, truncation=True,
-                             max_length=self.cfg.max_length, return_tensors="pt")
-        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}  # (B, L) each
-
-    def __call__(self, questions: Sequence[str], image_ids: Sequence[str]) -> dict[str, Tensor]:
-        if len(questions) != len(image_ids):
-            raise ValueError(f"{len(questions)} questions but {len(image_ids)} image ids")
-        missing = [i for i, x in enumerate(image_ids) if x is None]
-        if missing:
-            raise ValueError(f"queries {missing[:5]} have no image id; every query needs an image")
-        feats = self.store.get_many(list(image_ids))
-        if self.cfg.grid and feats.grid is not None and self._grid_hw is None:
-            self._grid_hw = grid_hw_of(self.store.attrs, feats.grid.shape[1], str(getattr(self.store, "path", "")))
-        return {**self.text_inputs(questions), **visual_inputs(feats.fc, feats.grid, self.cfg, self._grid_hw)}
+def text_inputs(tokenizer: Any, questions: Sequence[str], cfg: VisualInputConfig) -> dict[str, Tensor]:
+    """``input_ids`` / ``attention_mask`` (B, L) of ``prefix + question``: ``</s>`` appended, padded with 0 to the
+    longest, truncated to ``max_length``."""
+    enc = tokenizer([cfg.prefix + q for q in questions], padding=True, truncation=True,
+                    max_length=cfg.max_length, return_tensors="pt")
+    return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}  # (B, L) each

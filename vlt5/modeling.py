@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -36,10 +36,9 @@ from torch import Tensor, nn
 from transformers import T5EncoderModel
 from transformers.models.t5.modeling_t5 import T5Attention, T5LayerNorm, T5Stack
 
+from vlt5.checkpoint import LoadReport, load_joint_encoder, load_t5, load_vlt5_checkpoint, save_joint_encoder
 from vlt5.config import VisualConfig, VLT5Config
-
-if TYPE_CHECKING:
-    from vlt5.checkpoint import LoadReport
+from foundations.errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -72,16 +71,20 @@ def additive_mask(mask: Tensor, dtype: torch.dtype) -> Tensor:
 
 
 def pool_square_grid(feats: Tensor, boxes: Tensor, mask: Tensor, size: int) -> tuple[Tensor, Tensor, Tensor]:
-    """VL_adapter's ``Downsample``: AdaptiveMaxPool2d((size, size)) over a row-major square grid of tokens.
+    """VL_adapter's ``Downsample`` (ylsung/VL_adapter, its VL-T5 modeling code): AdaptiveMaxPool2d((size, size))
+    over a row-major square grid of tokens, applied as is (the reference has no size check).
 
-    Boxes are pooled over the same windows as their union (max of -x1, -y1, x2, y2), so all-zero boxes stay
-    zero as in VL_adapter; the mask is pooled with max (a cell is real if any input cell is).
+    Always ``size * size`` tokens out, like the reference: a grid smaller than ``size`` (4x4 with
+    ``pool_grid_to=6``) is *upsampled* by AdaptiveMaxPool2d's overlapping windows, i.e. cells are repeated
+    (window ``[floor(i*s/n), ceil((i+1)*s/n))``). Boxes are pooled over the same windows as their union (max of
+    -x1, -y1, x2, y2), so all-zero boxes stay zero as in VL_adapter; the mask is pooled with max (a cell is real
+    if any input cell is).
     """
     B, T, C = feats.shape
     side = round(T**0.5)
     if side * side != T:
-        raise ValueError(f"pool_grid_to={size} needs a square grid of visual tokens, got {T} tokens")
-    if side <= size:
+        raise UserError(f"pool_grid_to={size} needs a square grid of visual tokens, got {T} tokens")
+    if side == size:  # AdaptiveMaxPool2d to the same size is the identity
         return feats, boxes, mask
     pool = nn.AdaptiveMaxPool2d((size, size))
     grid = feats.transpose(1, 2).reshape(B, C, side, side)  # (B, C, s, s)
@@ -157,7 +160,11 @@ class JointEncoderOutput:
 
 class JointEncoder(nn.Module):
     """VL-T5's joint (text + visual) encoder. Build with :meth:`from_vlt5_checkpoint`, :meth:`from_t5`,
-    :meth:`from_pretrained`, or ``JointEncoder(config)`` for random weights (T5's own initialisation)."""
+    :meth:`from_pretrained`, or ``JointEncoder(config)`` for random weights (T5's own initialisation).
+    Loading never changes ``requires_grad``: freezing is :func:`adapters.policy.apply_policy`'s job."""
+
+    # adapters.prompt finds the module that takes a learned prefix by this flag (adapters never import vlt5)
+    accepts_prompt_prefix: ClassVar[bool] = True
 
     def __init__(self, config: VLT5Config, t5: T5EncoderModel | None = None) -> None:
         super().__init__()
@@ -243,7 +250,7 @@ class JointEncoder(nn.Module):
                                             fc_feats)  # (B, V, d)
         return vis, mask
 
-    # -- construction and persistence (implemented in vlt5.checkpoint) -------------------------------------
+    # -- construction and persistence (implemented in vlt5.checkpoint, which is given the class) -----------
     @classmethod
     def from_vlt5_checkpoint(cls, path: str | Path, strict: bool = True,
                              **overrides: Any) -> tuple[JointEncoder, LoadReport]:
@@ -251,8 +258,6 @@ class JointEncoder(nn.Module):
         inferred from tensor shapes; ``overrides`` (e.g. ``relative_attention_max_distance=128``,
         ``visual={"pool_grid_to": 6}``) win. Missing encoder keys, unexpected keys and shape mismatches raise
         :class:`vlt5.checkpoint.CheckpointError` (with ``.report``) unless ``strict=False``."""
-        from vlt5.checkpoint import load_vlt5_checkpoint
-
         return load_vlt5_checkpoint(cls, path, strict=strict, **overrides)
 
     @classmethod
@@ -261,18 +266,13 @@ class JointEncoder(nn.Module):
         """Text weights from a transformers T5 directory, visual embedding new. The vocabulary is resized to
         ``vocab_size`` (default: the T5 vocabulary's pieces + 100 ``<extra_id>`` + 100 ``<vis_extra_id>``, as
         VL-T5's ``resize_token_embeddings`` did); ``cfg`` sets other :class:`VLT5Config` fields / ``visual``."""
-        from vlt5.checkpoint import load_t5
-
         return load_t5(cls, t5_dir, feat_dim=feat_dim, vocab_size=vocab_size, **cfg)
 
     def save_pretrained(self, directory: str | Path) -> Path:
         """``config.json`` + ``model.safetensors``; :meth:`from_pretrained` needs no flags."""
-        from vlt5.checkpoint import save_joint_encoder
-
-        return save_joint_encoder(self, directory)
+        return save_joint_encoder(self.state_dict(), self.config, directory)
 
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> JointEncoder:
-        from vlt5.checkpoint import load_joint_encoder
-
+        """Load a directory written by :meth:`save_pretrained`."""
         return load_joint_encoder(cls, directory)

@@ -10,14 +10,18 @@ A saved query encoder is a directory that :meth:`QueryEncoder.from_pretrained` l
 ``config.json`` (the whole resolved config, adapters included), ``model.safetensors`` and the tokenizer files.
 With ``adapter_only=True`` the weights file holds only what differs from the base checkpoint named in the
 config (adapters, head, pooler, visual embedding, whatever else was trainable), and loading rebuilds the base
-from that reference first.
+from that reference first (``base_path=`` if it moved).
+
+The encoder is a pure ``nn.Module``: tensors in (:func:`vlt5.inputs.text_inputs` / :func:`vlt5.inputs.visual_inputs`
+make them), vectors out. Reading a feature file and batching live on the querying side
+(:func:`retrieval.querying.features.encode_with_features`). Loading never changes ``requires_grad``; freezing
+is :func:`adapters.policy.apply_policy`'s job (the saved ``config.policy`` says which one training used).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,12 +33,13 @@ from torch import Tensor, nn
 
 from adapters import config_from_dict, config_to_dict, inject, is_adapter_param
 from adapters.base import AdapterError
-from vlt5.checkpoint import CONFIG_NAME, WEIGHTS_NAME, CheckpointError, LoadReport
 from foundations.config import from_dict
 from foundations.errors import ConfigError
+from vlt5.checkpoint import CONFIG_NAME, WEIGHTS_NAME, CheckpointError, LoadReport
 from vlt5.config import FORMAT_VERSION, VLT5Config
-from vlt5.inputs import QueryCollator, VisualInputConfig
+from vlt5.inputs import VisualInputConfig
 from vlt5.modeling import JointEncoder
+from vlt5.tokenization import load_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -122,8 +127,7 @@ class QueryEncoder(nn.Module):
             inject(self.joint, config_from_dict(adapter))
         self.pooler = build_pooler(config.pooling, config.model.d_model)
         self.head = nn.Linear(config.model.d_model, config.proj_dim)
-        self.tokenizer = tokenizer
-        self.store: Any = None
+        self.tokenizer = tokenizer  # saved with the model; not a module
 
     # -- building ------------------------------------------------------------------------------------------
     @classmethod
@@ -131,8 +135,6 @@ class QueryEncoder(nn.Module):
                              pooling: str = "mean", inputs: VisualInputConfig | None = None,
                              **model_overrides: Any) -> tuple[QueryEncoder, LoadReport]:
         """A new query encoder on a VL-T5 checkpoint (see :meth:`JointEncoder.from_vlt5_checkpoint`)."""
-        from vlt5.tokenization import load_tokenizer
-
         joint, report = JointEncoder.from_vlt5_checkpoint(path, **model_overrides)
         config = QueryEncoderConfig(model=joint.config, inputs=inputs or VisualInputConfig(), pooling=pooling,
                                     proj_dim=proj_dim, base=BaseRef("vlt5_checkpoint", str(Path(path).resolve())))
@@ -143,8 +145,6 @@ class QueryEncoder(nn.Module):
                 inputs: VisualInputConfig | None = None, tokenizer_dir: str | Path | None = None,
                 **model_cfg: Any) -> QueryEncoder:
         """A new query encoder on a plain T5 directory (visual embedding new; see :meth:`JointEncoder.from_t5`)."""
-        from vlt5.tokenization import load_tokenizer
-
         joint = JointEncoder.from_t5(t5_dir, feat_dim=feat_dim, **model_cfg)
         t5_rows = json.loads((Path(t5_dir) / "config.json").read_text())["vocab_size"]
         config = QueryEncoderConfig(model=joint.config, inputs=inputs or VisualInputConfig(), pooling=pooling,
@@ -159,41 +159,12 @@ class QueryEncoder(nn.Module):
 
     # -- running -------------------------------------------------------------------------------------------
     def forward(self, **inputs: Tensor) -> Tensor:
-        """Encoder keyword inputs (as :class:`QueryCollator` makes them) -> (B, proj_dim), L2-normalised."""
+        """Encoder keyword inputs (:meth:`JointEncoder.forward`'s; ``retrieval.querying.features.QueryCollator``
+        makes them from a feature file) -> (B, proj_dim), L2-normalised."""
         out = self.joint(**inputs)
         pooled = self.pooler(out.last_hidden_state, out.attention_mask)  # (B, d)
         z = self.head(pooled)  # (B, D)
         return F.normalize(z, dim=-1) if self.config.normalize else z  # (B, D)
-
-    def attach_features(self, store: Any) -> QueryEncoder:
-        """Use this feature file / FeatureStore for :meth:`encode`."""
-        from feature_extraction.store import FeatureStore
-
-        self.store = store if hasattr(store, "get_many") else FeatureStore.open(store)
-        return self
-
-    def collator(self, store: Any = None) -> QueryCollator:
-        if self.tokenizer is None:
-            raise ValueError("this QueryEncoder has no tokenizer")
-        store = store if store is not None else self.store
-        if store is None:
-            raise ValueError("no feature store: pass store= or call attach_features(path) first")
-        return QueryCollator(self.tokenizer, store, self.config.inputs)
-
-    @torch.no_grad()
-    def encode(self, questions: Sequence[str], image_ids: Sequence[str], store: Any = None,
-               batch_size: int = 64) -> Tensor:
-        """Query vectors (B, proj_dim) for questions about images of the feature store, in eval mode."""
-        collate = self.collator(store)
-        was_training = self.training
-        self.eval()
-        device = self.head.weight.device
-        chunks = []
-        for start in range(0, len(questions), batch_size):
-            batch = collate(questions[start:start + batch_size], image_ids[start:start + batch_size])
-            chunks.append(self(**{k: v.to(device) for k, v in batch.items()}).float().cpu())  # (b, D)
-        self.train(was_training)
-        return torch.cat(chunks) if chunks else torch.empty(0, self.config.proj_dim)
 
     # -- persistence ---------------------------------------------------------------------------------------
     def delta_state_dict(self) -> dict[str, Tensor]:
@@ -225,10 +196,10 @@ class QueryEncoder(nn.Module):
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, base_path: str | Path | None = None) -> QueryEncoder:
-        """Load a directory written by :meth:`save_pretrained`. ``base_path`` only overrides where an
-        adapter-only save's base lives (if it moved)."""
-        from vlt5.tokenization import load_tokenizer
-
+        """Load a directory written by :meth:`save_pretrained`, in eval mode, every parameter trainable
+        (``requires_grad`` untouched: call :func:`adapters.policy.apply_policy` with ``model.config.policy`` to
+        freeze as training did). ``base_path`` only overrides where an adapter-only save's base lives (if it
+        moved)."""
         directory = Path(directory)
         for name in (CONFIG_NAME, WEIGHTS_NAME):
             if not (directory / name).is_file():
@@ -255,9 +226,6 @@ class QueryEncoder(nn.Module):
         if new_rows is not None:
             with torch.no_grad():
                 model.joint.shared.weight[-new_rows.shape[0]:] = new_rows
-        from adapters.policy import apply_policy
-
-        apply_policy(model, config.policy)
         model.eval()
         return model
 

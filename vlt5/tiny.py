@@ -15,14 +15,16 @@ stays 128: transformers 4.2.1 (which VL-T5 pins) hard-codes it.
 
 from __future__ import annotations
 
-import io
 import itertools
 import logging
 from pathlib import Path
 
 import torch
+from transformers import T5ForConditionalGeneration
 
 from vlt5.config import VisualConfig, VLT5Config
+from vlt5.modeling import JointEncoder
+from vlt5.tokenization import train_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -55,29 +57,15 @@ def tiny_config(**overrides: object) -> VLT5Config:
 
 def make_tiny_tokenizer_dir(directory: str | Path, sentences: list[str] | None = None,
                             vocab_size: int = TINY_SP_PIECES, model_type: str = "unigram") -> Path:
-    """Train a sentencepiece model (T5 ids: pad 0, eos 1, unk 2, no BOS; one thread, so it is deterministic) on
-    ``sentences`` (default :func:`tiny_sentences`: a 99-piece unigram model) and save it as a t5-style tokenizer
-    directory. With other sentences, ``vocab_size`` is an upper bound (a small corpus may support fewer)."""
-    import sentencepiece as spm
-    from transformers import T5Tokenizer
-
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    buf = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(sentences or tiny_sentences()), model_writer=buf, vocab_size=vocab_size,
-        model_type=model_type, hard_vocab_limit=sentences is None, pad_id=0, eos_id=1, unk_id=2, bos_id=-1, num_threads=1, character_coverage=1.0, minloglevel=2)
-    (directory / "spiece.model").write_bytes(buf.getvalue())
-    tok = T5Tokenizer.from_pretrained(directory)  # converts spiece.model (needs protobuf)
-    tok.save_pretrained(directory)
-    return directory
+    """The tiny tokenizer directory: :func:`vlt5.tokenization.train_tokenizer` on ``sentences`` (default
+    :func:`tiny_sentences`: exactly 99 unigram pieces; with other sentences ``vocab_size`` is an upper bound)."""
+    return train_tokenizer(sentences or tiny_sentences(), directory, vocab_size, model_type=model_type,
+                           exact_vocab_size=sentences is None)
 
 
 def make_tiny_t5_dir(directory: str | Path, config: VLT5Config | None = None, seed: int = 0) -> Path:
     """A plain T5 directory (``T5ForConditionalGeneration``, rows = pieces + 100 extra ids + 3 unused, like
     t5-base's 32128 rows for 32100 tokens) with its tokenizer files."""
-    from transformers import T5ForConditionalGeneration
-
     cfg = (config or tiny_config()).with_overrides(vocab_size=TINY_SP_PIECES + 103)
     t5cfg = cfg.to_t5_config()
     t5cfg.is_encoder_decoder = True
@@ -93,10 +81,6 @@ def make_tiny_t5_dir(directory: str | Path, config: VLT5Config | None = None, se
 def make_tiny_vlt5_checkpoint(path: str | Path, config: VLT5Config | None = None, seed: int = 0) -> Path:
     """Save an ``Epoch30.pth``-style state dict of a random tiny VL-T5 (encoder from our JointEncoder, decoder
     and lm_head from a T5ForConditionalGeneration of the same size)."""
-    from transformers import T5ForConditionalGeneration
-
-    from vlt5.modeling import JointEncoder
-
     cfg = config or tiny_config()
     torch.manual_seed(seed)
     encoder = JointEncoder(cfg)

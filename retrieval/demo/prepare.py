@@ -1,12 +1,12 @@
 """Prepare everything the demo trains and evaluates on: task data, a tiny CLIP, and CLIP feature files.
 
-    python -m retrieval.demo.prepare --out runs/demo
+    vlt5r demo prepare --out runs/demo
 
 writes (each step skipped when its output is already complete, so a rerun resumes)::
 
     runs/demo/data/          kb.jsonl, queries.{train,dev,test}.jsonl, questions.jsonl, images/  (retrieval.demo.task)
     runs/demo/clip/demo_clip.pt          tiny OpenAI-format CLIP, pre-trained here (retrieval.demo.pretrain_clip)
-    runs/demo/features/scenes.h5         query images: fc + 8x8 grid   (feature_extraction.clip_prepro_feats)
+    runs/demo/features/scenes.h5         query images: fc + 8x8 grid   (vlt5r extract's pipeline)
     runs/demo/features/kb_image.h5       knowledge-base reference images: fc
     runs/demo/features/kb_text.h5        knowledge-base passages: CLIP text fc
     runs/demo/features/questions.h5      questions: CLIP text fc (the text-only baseline)
@@ -14,10 +14,8 @@ writes (each step skipped when its output is already complete, so a rerun resume
 
 from __future__ import annotations
 
-import argparse
 import logging
-import sys
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from retrieval.demo.pretrain_clip import PretrainConfig, pretrain_demo_clip
@@ -81,23 +79,3 @@ def prepare(root: str | Path, task: DemoTaskConfig = DemoTaskConfig(),
         logger.info("demo CLIP already at %s", paths.clip)
     extract_features(paths, num_workers)
     return paths
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--out", type=Path, default=Path("runs/demo"))
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--train-scenes", type=int, default=DemoTaskConfig.train_scenes)
-    p.add_argument("--clip-steps", type=int, default=PretrainConfig.steps)
-    p.add_argument("--num-workers", type=int, default=1)
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    task = replace(DemoTaskConfig(), seed=args.seed, train_scenes=args.train_scenes)
-    pretrain = replace(PretrainConfig(), seed=args.seed, steps=args.clip_steps)
-    paths = prepare(args.out, task, pretrain, args.num_workers)
-    print(f"demo data: {paths.data}\ndemo CLIP: {paths.clip}\nfeatures:  {paths.root / 'features'}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

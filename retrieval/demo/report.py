@@ -1,14 +1,9 @@
-"""Small printing helpers of ``scripts/demo.sh``: the test-split comparison table and the example query.
-
-    python -m retrieval.demo.report --comparison runs/demo/comparison.json
-    python -m retrieval.demo.report --example runs/demo/data/queries.test.jsonl     # question<TAB>image<TAB>answer
-"""
+"""Small printing helpers of the demo (``vlt5r demo report`` / ``vlt5r demo example``): the test-split comparison
+table and the example query."""
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 from pathlib import Path
 
 ROWS = {"clip_image": "CLIP image-only (query image fc vs KB)", "clip_text": "CLIP text-only (question vs KB)",
@@ -38,21 +33,3 @@ def example(queries: Path) -> str:
     records = [json.loads(line) for line in queries.read_text().splitlines() if line.strip()]
     record = next((r for r in records if r.get("kind") == "color"), records[0])
     return f"{record['question']}\timages/scenes/{record['image']}.png\t{record['positives'][0]}"
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--comparison", type=Path)
-    p.add_argument("--example", type=Path)
-    args = p.parse_args(argv)
-    if args.comparison:
-        comparison = json.loads(args.comparison.read_text())
-        print(comparison_table(comparison))
-        print(verdict(comparison))
-    if args.example:
-        print(example(args.example))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

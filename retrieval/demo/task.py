@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
+from foundations.errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -64,11 +65,11 @@ class DemoTaskConfig:
 
     def __post_init__(self) -> None:
         if self.image_size < 32 or self.image_size % 2:
-            raise ValueError(f"image_size must be an even number >= 32, got {self.image_size}")
+            raise UserError(f"image_size must be an even number >= 32, got {self.image_size}")
         if not 1 <= self.questions_per_scene <= 4:
-            raise ValueError(f"questions_per_scene must be 1..4, got {self.questions_per_scene}")
+            raise UserError(f"questions_per_scene must be 1..4, got {self.questions_per_scene}")
         if abs(sum(self.question_mix) - 1) > 1e-6 or min(self.question_mix) < 0:
-            raise ValueError(f"question_mix must be 3 non-negative weights summing to 1, got {self.question_mix}")
+            raise UserError(f"question_mix must be 3 non-negative weights summing to 1, got {self.question_mix}")
 
 
 @dataclass(frozen=True)
@@ -125,7 +126,7 @@ def draw_shape(draw: ImageDraw.ImageDraw, shape: str, color: str, x0: int, y0: i
         draw.line([x0, y0, x1, y1], fill=fill, width=w)
         draw.line([x0, y1, x1, y0], fill=fill, width=w)
     else:
-        raise ValueError(f"unknown shape {shape!r}; known: {SHAPES}")
+        raise UserError(f"unknown shape {shape!r}; known: {SHAPES}")
 
 
 def _canvas(size: int, rng: np.random.Generator) -> Image.Image:

@@ -11,17 +11,23 @@ Two record shapes are accepted, detected per record:
   ``{"id"|"_id"|"passage_id"?, "title"|"wikipedia_title"?, "text"}``). Without an id field the id is the record's
   row number (0-based, malformed rows included), which is what ViQuAE's ``provenance_indices`` refer to. ``index``
   is the row of the passage's article; ``--articles`` (the article file) then supplies title and image.
+
+Every passage entry (paragraphs of an article, passage records whose article is known) carries ``"article"``: the id
+its article gets from ``--split article`` with the same ``--id-prefix`` (``{id_prefix}{wikipedia_id}``). That is the
+field :class:`retrieval.querying.PassageMap` reads (``--passages`` of search / serve), so the importer's output maps
+article hits of an article-level index (ids = the article KB ids) to passages without hand edits.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from retrieval.formats import KBEntry
 from retrieval.importers.common import ImportStats, RecordError, image_id, iter_records
+from foundations.errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -49,19 +55,29 @@ def _content(paragraphs: list[str], title: str) -> list[tuple[int, str]]:
     return out
 
 
-def article_table(path: str | Path, image_mode: str) -> list[tuple[str, str | None]]:
-    """(title, image id) for every article row of a KILT-like article file, in row order."""
-    rows: list[tuple[str, str | None]] = []
+class ArticleRow(NamedTuple):
+    """One row of an article file: title, image id and ``wikipedia_id`` (None when the row has none)."""
+
+    title: str
+    image: str | None
+    id: str | None = None
+
+
+def article_table(path: str | Path, image_mode: str) -> list[ArticleRow]:
+    """(title, image id, wikipedia_id) for every article row of a KILT-like article file, in row order."""
+    rows: list[ArticleRow] = []
     for _, record in iter_records(path):
         if isinstance(record, dict):
             image = record.get("image") if isinstance(record.get("image"), str) else None
-            rows.append((str(record.get("wikipedia_title") or record.get("title") or ""), image_id(image, image_mode)))
+            wid = record.get("wikipedia_id", record.get("_id"))
+            rows.append(ArticleRow(str(record.get("wikipedia_title") or record.get("title") or ""),
+                                   image_id(image, image_mode), None if wid in (None, "") else str(wid)))
         else:
-            rows.append(("", None))
+            rows.append(ArticleRow("", None))
     return rows
 
 
-def _passage(record: dict, row: int, articles: list[tuple[str, str | None]] | None,
+def _passage(record: dict, row: int, articles: Sequence[tuple[str, str | None] | ArticleRow] | None,
              image_mode: str) -> KBEntry:
     text = record.get("passage", record.get("text"))
     if not isinstance(text, str) or not text.strip():
@@ -69,20 +85,25 @@ def _passage(record: dict, row: int, articles: list[tuple[str, str | None]] | No
     pid = next((str(record[k]) for k in PASSAGE_ID_KEYS if record.get(k) not in (None, "")), str(row))
     title: Any = record.get("wikipedia_title", record.get("title"))
     image: Any = record.get("image")
+    wid: Any = record.get("wikipedia_id")
     if articles is not None and record.get("index") is not None:
         article = record["index"]
-        if not isinstance(article, int) or not 0 <= article < len(articles):
+        if not isinstance(article, int) or isinstance(article, bool) or not 0 <= article < len(articles):
             raise RecordError(f"'index' {article!r} is not an article row of --articles")
         title, image = title or articles[article][0], image or articles[article][1]
+        if wid in (None, "") and isinstance(articles[article], ArticleRow):
+            wid = articles[article].id
     image = image_id(image, image_mode) if isinstance(image, str) else None
-    return KBEntry(id=pid, title=str(title or ""), text=text.strip(), image=image)
+    return KBEntry(id=pid, title=str(title or ""), text=text.strip(), image=image,
+                   article=None if wid in (None, "") else str(wid))
 
 
 def kilt_entries(path: str | Path, stats: ImportStats, *, split: str = "paragraph", id_prefix: str = "",
-                 articles: list[tuple[str, str | None]] | None = None, image_mode: str = "stem") -> Iterator[KBEntry]:
-    """KB entries from articles (split by paragraph or not) or passage records."""
+                 articles: Sequence[tuple[str, str | None] | ArticleRow] | None = None,
+                 image_mode: str = "stem") -> Iterator[KBEntry]:
+    """KB entries from articles (split by paragraph or not) or passage records; passages carry ``article``."""
     if split not in ("paragraph", "article"):
-        raise ValueError(f"--split must be 'paragraph' or 'article', got {split!r}")
+        raise UserError(f"--split must be 'paragraph' or 'article', got {split!r}")
     for row, (where, record) in enumerate(iter_records(path)):
         stats.read += 1
         try:
@@ -93,7 +114,11 @@ def kilt_entries(path: str | Path, stats: ImportStats, *, split: str = "paragrap
             paragraphs = _paragraphs(record)
             if paragraphs is None:
                 entry = _passage(record, row, articles, image_mode)
-                entries = [KBEntry(id=id_prefix + entry.id, title=entry.title, text=entry.text, image=entry.image)]
+                article = None if entry.article is None else id_prefix + entry.article
+                if article is None:
+                    stats.notes["passages without an article id (no 'wikipedia_id', no 'index' into --articles)"] += 1
+                entries = [KBEntry(id=id_prefix + entry.id, title=entry.title, text=entry.text, image=entry.image,
+                                   article=article)]
             else:
                 wid = record.get("wikipedia_id", record.get("_id"))
                 if wid in (None, ""):
@@ -107,8 +132,8 @@ def kilt_entries(path: str | Path, stats: ImportStats, *, split: str = "paragrap
                     entries = [KBEntry(id=f"{id_prefix}{wid}", title=title, text="\n".join(p for _, p in content),
                                        image=image)]
                 else:
-                    entries = [KBEntry(id=f"{id_prefix}{wid}_{n}", title=title, text=p, image=image)
-                               for n, p in content]
+                    entries = [KBEntry(id=f"{id_prefix}{wid}_{n}", title=title, text=p, image=image,
+                                       article=f"{id_prefix}{wid}") for n, p in content]
         except RecordError as exc:
             stats.skip(where, str(exc))
             continue

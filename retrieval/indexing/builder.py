@@ -19,8 +19,10 @@ import numpy as np
 
 from retrieval.indexing.config import (IndexConfig, IndexConfigError, default_train_size, hnsw_of,
                                        make_faiss_index, training_needs)
-from retrieval.indexing.index import Index, IndexMeta, describe, gpu_supported, normalise_rows, to_cpu
+from retrieval.indexing.index import (Index, IndexMeta, describe, gpu_clone_settings, gpu_cloner_options,
+                                      gpu_supported, normalise_rows, to_cpu)
 from retrieval.indexing.tuning import calibrate, needs_calibration
+from foundations.errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -31,17 +33,17 @@ def check_unique_ids(ids: Sequence[str] | np.ndarray, where: str = "ids") -> np.
     """The ids as a (N,) unicode array; a duplicate raises naming the first duplicated id and its rows."""
     array = np.asarray(ids, dtype=str)  # (N,) unicode: 4 bytes × longest id per row, no Python objects
     if array.ndim != 1:
-        raise ValueError(f"{where}: ids must be a flat list of strings")
+        raise UserError(f"{where}: ids must be a flat list of strings")
     empty = np.flatnonzero(array == "")
     if len(empty):
-        raise ValueError(f"{where}: empty KB id at row {empty[0]} ('' marks a missing search result)")
+        raise UserError(f"{where}: empty KB id at row {empty[0]} ('' marks a missing search result)")
     order = np.argsort(array, kind="stable")
     ranked = array[order]
     dup = np.flatnonzero(ranked[1:] == ranked[:-1])
     if len(dup):
         first = min(dup, key=lambda i: order[i + 1])  # the duplicate met first in file order
         rows = np.sort(order[first : first + 2])
-        raise ValueError(f"{where}: duplicate KB id {str(ranked[first])!r} at rows {rows[0]} and {rows[1]}")
+        raise UserError(f"{where}: duplicate KB id {str(ranked[first])!r} at rows {rows[0]} and {rows[1]}")
     return array
 
 
@@ -68,7 +70,7 @@ def _collect_rows(source: BatchSource, wanted: np.ndarray, dim: int, normalize: 
         out[filled:hi] = batch[take]
         filled, offset = hi, stop
     if filled != len(wanted):
-        raise ValueError(f"the vector stream ended after {offset} rows, before row {wanted[filled]}")
+        raise UserError(f"the vector stream ended after {offset} rows, before row {wanted[filled]}")
     if normalize:
         faiss.normalize_L2(out)
     return out
@@ -81,11 +83,11 @@ def build_index(vectors: np.ndarray | BatchSource, ids: Sequence[str], cfg: Inde
     ids_array = check_unique_ids(ids, (source or {}).get("path", "ids"))
     n = len(ids_array)
     if n == 0:
-        raise ValueError("cannot build an index over zero vectors")
+        raise UserError("cannot build an index over zero vectors")
     batches = _as_source(vectors, cfg.batch_size)
     first = next(iter(batches()))
     if first.ndim != 2:
-        raise ValueError(f"vector batches must be 2-d (B, D), got shape {first.shape}")
+        raise UserError(f"vector batches must be 2-d (B, D), got shape {first.shape}")
     dim = int(first.shape[1])
     del first
     factory = cfg.resolved_factory
@@ -107,7 +109,7 @@ def build_index(vectors: np.ndarray | BatchSource, ids: Sequence[str], cfg: Inde
         rows = np.sort(rng.choice(n, size=train_size, replace=False))
         sample = _collect_rows(batches, rows, dim, cfg.normalize)  # (T, D)
         t_train = time.perf_counter()
-        index = _train(index, sample, cfg.use_gpu)
+        index = _train(index, sample, cfg.use_gpu, build)
         build.update(train_size=int(train_size), train_seconds=round(time.perf_counter() - t_train, 3))
         del sample
 
@@ -119,7 +121,7 @@ def build_index(vectors: np.ndarray | BatchSource, ids: Sequence[str], cfg: Inde
     t_add, seen, filled = time.perf_counter(), 0, 0
     for batch in batches():
         if batch.ndim != 2 or batch.shape[1] != dim:
-            raise ValueError(f"batch at row {seen} has shape {batch.shape}, expected (B, {dim})")
+            raise UserError(f"batch at row {seen} has shape {batch.shape}, expected (B, {dim})")
         x = normalise_rows(batch) if cfg.normalize else np.ascontiguousarray(batch, dtype=np.float32)  # (B, D)
         hi = int(np.searchsorted(cal_rows, seen + len(x)))
         if hi > filled:  # this batch holds calibration rows: keep them aside, add the rest
@@ -132,7 +134,7 @@ def build_index(vectors: np.ndarray | BatchSource, ids: Sequence[str], cfg: Inde
             index.add(x)
         seen += len(batch)
     if seen != n:
-        raise ValueError(f"{(source or {}).get('path', 'vectors')}: {seen} vectors for {n} ids")
+        raise UserError(f"{(source or {}).get('path', 'vectors')}: {seen} vectors for {n} ids")
     index = to_cpu(index)  # calibrate with CPU SearchParameters (GPU indexes do not take them)
     tuned = calibrate(index, cal, cfg) if n_cal else {}
     if n_cal:
@@ -153,25 +155,26 @@ def build_index(vectors: np.ndarray | BatchSource, ids: Sequence[str], cfg: Inde
     return Index(index, ids_array, meta)
 
 
-def _train(index: faiss.Index, sample: np.ndarray, use_gpu: bool) -> faiss.Index:
+def _train(index: faiss.Index, sample: np.ndarray, use_gpu: bool, build: dict) -> faiss.Index:
     if use_gpu and gpu_supported(index):  # guarded path: needs faiss-gpu and a visible GPU
         logger.info("training and adding on %d GPU(s)", faiss.get_num_gpus())
-        index = faiss.index_cpu_to_all_gpus(index)
+        build["gpu_clone"] = gpu_clone_settings(index).to_dict()
+        index = faiss.index_cpu_to_all_gpus(index, co=gpu_cloner_options(index))
     index.train(sample)
     return index
 
 
 def build_index_from_features(path: str | Path, cfg: IndexConfig) -> Index:
     """Stream ``fc`` of a feature file (FeatureStore.batches) into an index; the file's attrs go to index.json."""
-    from feature_extraction.store import FeatureStore
+    from feature_extraction.readers import open_features
 
-    with FeatureStore.open(path) as store:
+    with open_features(path) as store:
         ids = store.ids
 
         def batches() -> Iterator[np.ndarray]:
             for feats in store.batches(cfg.batch_size):
                 if feats.fc is None:
-                    raise ValueError(f"{path}: no 'fc' vectors to index")
+                    raise UserError(f"{path}: no 'fc' vectors to index")
                 yield feats.fc  # (B, D)
 
         source = {"path": str(Path(path).resolve()), "attrs": dict(store.attrs)}

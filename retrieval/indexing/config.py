@@ -14,13 +14,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import faiss
+from foundations.errors import UserError
 
 INDEX_FORMAT_VERSION = 1
 MIN_POINTS_PER_CENTROID = 39  # faiss warns below this many training points per k-means centroid
 TRAIN_POINTS_PER_LIST = 64  # default sample: within faiss' 30..256 per list
 
 
-class IndexConfigError(ValueError):
+class IndexConfigError(UserError):
     """An index configuration that cannot work (bad factory string, too few vectors, ...)."""
 
 

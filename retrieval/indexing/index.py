@@ -19,6 +19,7 @@ import faiss
 import numpy as np
 
 from retrieval.indexing.config import INDEX_FORMAT_VERSION, IndexConfig, hnsw_of, ivf_of
+from foundations.errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -26,7 +27,7 @@ INDEX_FILE, IDS_FILE, META_FILE = "index.faiss", "ids.npy", "index.json"
 METRIC = "inner_product"
 
 
-class IndexFileError(ValueError):
+class IndexFileError(UserError):
     """An index directory is missing a file or its files disagree. The message names the file."""
 
 
@@ -113,9 +114,9 @@ class Index:
         """Top-``k`` as (scores (Q, k) float32, rows (Q, k) int64); rows index ``self.ids``, -1 = no result."""
         queries = np.asarray(queries)
         if queries.ndim != 2 or queries.shape[1] != self.dim:
-            raise ValueError(f"queries must have shape (Q, {self.dim}), got {queries.shape}")
+            raise UserError(f"queries must have shape (Q, {self.dim}), got {queries.shape}")
         if k < 1:
-            raise ValueError(f"k must be ≥ 1, got {k}")
+            raise UserError(f"k must be ≥ 1, got {k}")
         if self.meta.normalised:
             queries = normalise_rows(queries)
         elif queries.dtype != np.float32 or not queries.flags.c_contiguous:
@@ -182,23 +183,90 @@ class Index:
 
 
 # -- GPU (guarded: only when faiss sees a GPU; not exercised on CPU-only machines) ---------------------------
+@dataclass(frozen=True)
+class GpuCloneSettings:
+    """What the GPU cloner is told for one index (faiss ``GpuClonerOptions``), decided without a GPU so it can be
+    tested anywhere. In faiss' ``ToGpuCloner`` one flag, ``useFloat16``, means fp16 *vector storage* for a Flat index
+    (lossy: a GPU Flat would no longer be exact) and fp16 *lookup tables* for IVF-PQ (the GPU guideline); the IVF
+    coarse quantizer has its own flag. So ``use_float16`` is on for IVF-PQ only."""
+
+    use_float16: bool  # GpuClonerOptions.useFloat16
+    use_float16_coarse_quantizer: bool  # GpuClonerOptions.useFloat16CoarseQuantizer
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def gpu_clone_settings(index: faiss.Index) -> GpuCloneSettings:
+    """Cloner settings that keep ``index`` as exact on GPU as on CPU (see :class:`GpuCloneSettings`)."""
+    inner = unwrap_index(index)
+    if isinstance(inner, faiss.IndexIVFPQ):
+        return GpuCloneSettings(True, False, "IVF-PQ: fp16 lookup tables (faiss GPU guideline); codes unchanged")
+    return GpuCloneSettings(False, False, f"{type(inner).__name__}: stored vectors stay as on CPU (a Flat index "
+                                          "stays exact)")
+
+
+def gpu_cloner_options(index: faiss.Index) -> Any:
+    """faiss ``GpuMultipleClonerOptions`` from :func:`gpu_clone_settings` (needs a faiss build with GPU support)."""
+    settings = gpu_clone_settings(index)
+    options = faiss.GpuMultipleClonerOptions()
+    options.useFloat16 = settings.use_float16
+    options.useFloat16CoarseQuantizer = settings.use_float16_coarse_quantizer
+    return options
+
+
 def gpu_supported(index: faiss.Index) -> bool:
     return faiss.get_num_gpus() > 0 and hnsw_of(index) is None and hasattr(faiss, "index_cpu_to_all_gpus")
 
 
 def to_gpu(index: faiss.Index, nprobe: int | None = None) -> faiss.Index:
-    """Clone to all GPUs when possible (Flat / IVF / PQ / SQ); otherwise return ``index`` unchanged. GPU indexes
-    do not take per-call SearchParameters, so the default ``nprobe`` is set on the clone (per-call overrides are
-    ignored there)."""
+    """Clone to all GPUs when possible (Flat / IVF / PQ / SQ) with :func:`gpu_cloner_options`; otherwise return
+    ``index`` unchanged. GPU indexes do not take per-call SearchParameters, so the default ``nprobe`` is set on the
+    clone (per-call overrides are ignored there)."""
     if not gpu_supported(index):
         logger.info("GPU search not available for this index/machine; searching on CPU")
         return index
-    options = faiss.GpuMultipleClonerOptions()
-    options.useFloat16 = True  # fp16 lookup tables for IVF-PQ (GPU guideline); no effect on Flat storage
-    gpu_index = faiss.index_cpu_to_all_gpus(index, co=options)
+    logger.info("cloning to %d GPU(s): %s", faiss.get_num_gpus(), gpu_clone_settings(index).reason)
+    gpu_index = faiss.index_cpu_to_all_gpus(index, co=gpu_cloner_options(index))
     if nprobe is not None and ivf_of(index) is not None:
         faiss.GpuParameterSpace().set_index_parameter(gpu_index, "nprobe", nprobe)
     return gpu_index
+
+
+def unwrap_index(index: faiss.Index) -> faiss.Index:
+    """The concrete index under OPQ/PCA pre-transforms (downcast)."""
+    inner = faiss.downcast_index(index)
+    while isinstance(inner, faiss.IndexPreTransform):
+        inner = faiss.downcast_index(inner.index)
+    return inner
+
+
+def storage_of(index: faiss.Index) -> dict[str, Any]:
+    """What the index stores per vector, for ``index.json``: pre-transforms, the codec, bytes per vector and whether
+    a search over it is exact (float32 vectors, no transform, no IVF/graph pruning)."""
+    transforms: list[str] = []
+    inner = faiss.downcast_index(index)
+    while isinstance(inner, faiss.IndexPreTransform):
+        for i in range(inner.chain.size()):
+            vt = faiss.downcast_VectorTransform(inner.chain.at(i))
+            transforms.append(f"{type(vt).__name__} {vt.d_in}->{vt.d_out}")
+        inner = faiss.downcast_index(inner.index)
+    codes: Any = inner
+    if isinstance(inner, faiss.IndexHNSW):
+        codes = faiss.downcast_index(inner.storage)
+    if isinstance(codes, (faiss.IndexFlat, faiss.IndexIVFFlat)):
+        codec = "float32 vectors"
+    elif isinstance(codes, (faiss.IndexScalarQuantizer, faiss.IndexIVFScalarQuantizer)):
+        names = {getattr(faiss.ScalarQuantizer, n): n for n in dir(faiss.ScalarQuantizer) if n.startswith("QT_")}
+        codec = f"scalar quantizer {names.get(codes.sq.qtype, codes.sq.qtype)}"
+    elif isinstance(codes, (faiss.IndexPQ, faiss.IndexIVFPQ)):
+        codec = f"product quantizer {codes.pq.M}x{codes.pq.nbits} bits"
+    else:
+        codec = type(codes).__name__
+    exact = not transforms and isinstance(inner, faiss.IndexFlat)
+    return {"codec": codec, "bytes_per_vector": int(getattr(codes, "code_size", 0)), "transforms": transforms,
+            "exact": exact}
 
 
 def to_cpu(index: faiss.Index) -> faiss.Index:
@@ -208,8 +276,8 @@ def to_cpu(index: faiss.Index) -> faiss.Index:
 
 
 def describe(index: faiss.Index) -> dict[str, Any]:
-    """Structure facts for logs and reports: lists, probe, HNSW M."""
-    out: dict[str, Any] = {"type": type(faiss.downcast_index(index)).__name__}
+    """Structure facts for logs, reports and ``index.json``: type, what is stored, lists, HNSW M."""
+    out: dict[str, Any] = {"type": type(faiss.downcast_index(index)).__name__, "storage": storage_of(index)}
     ivf = ivf_of(index)
     if ivf is not None:
         out["nlist"] = int(ivf.nlist)

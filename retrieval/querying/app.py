@@ -21,6 +21,7 @@ from typing import Any
 from urllib.parse import quote
 
 from fastapi import FastAPI, Request
+from PIL import Image
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
@@ -32,6 +33,7 @@ from feature_extraction.inputs import IMAGE_SUFFIXES
 from retrieval.formats import KBEntry
 from retrieval.querying.images import DEFAULT_MAX_PIXELS, ImageError, image_from_bytes
 from retrieval.querying.searcher import Hit, Searcher
+from foundations.errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -54,12 +56,12 @@ class ServerConfig:
 
     def __post_init__(self) -> None:
         if self.max_upload_mb <= 0 or self.max_pixels < 1 or self.max_question_chars < 1:
-            raise ValueError("max_upload_mb, max_pixels and max_question_chars must be positive")
+            raise UserError("max_upload_mb, max_pixels and max_question_chars must be positive")
         if not 1 <= self.default_k <= self.max_k:
-            raise ValueError(f"need 1 <= default_k ({self.default_k}) <= max_k ({self.max_k})")
+            raise UserError(f"need 1 <= default_k ({self.default_k}) <= max_k ({self.max_k})")
         if self.images_dir is not None:
             if not Path(self.images_dir).is_dir():
-                raise ValueError(f"--images {self.images_dir}: not a directory")
+                raise UserError(f"--images {self.images_dir}: not a directory")
             self.images_dir = Path(self.images_dir).resolve()
 
     @property
@@ -157,6 +159,15 @@ async def parse_query(form: Any, cfg: ServerConfig, searcher: Searcher) -> tuple
     if question is None and data is None:
         raise ApiError(400, "missing fields: give a 'question', an 'image' or both")
     return question, data, parse_k(form.get("k"), cfg)
+
+
+def warm_up(searcher: Searcher) -> None:
+    """Load the backbone and run one query, so that the first request is as fast as the others."""
+    encoder = searcher.encoder
+    assert encoder is not None
+    encoder.load()
+    image = Image.new("RGB", (64, 64), (128, 128, 128)) if encoder.needs_image else None
+    searcher.search("warm up", image, 1)
 
 
 def create_app(searcher: Searcher, cfg: ServerConfig) -> FastAPI:

@@ -24,6 +24,7 @@ import torch
 
 from feature_extraction.backbones import Backbone, load_backbone
 from foundations.errors import UsageError
+from foundations.errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +32,7 @@ BACKBONE_RECORD = "backbone.json"
 RECORD_KEYS = ("backbone", "backbone_family", "backbone_path", "backbone_sha256", "image_size", "grid_hw")
 
 
-class BackboneMismatch(ValueError):
+class BackboneMismatch(UserError):
     """The weights found are not the ones recorded (sha256 differs), or no weights can be found."""
 
 

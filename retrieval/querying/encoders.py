@@ -29,6 +29,8 @@ from feature_extraction.backbones import Backbone
 from feature_extraction.store import FeatureStore, MemoryFeatureStore
 from retrieval.formats import Query
 from retrieval.querying.backbone_ref import BackboneMismatch, BackboneRef, encoder_record, resolve_backbone
+from retrieval.querying.features import encode_with_features
+from foundations.errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -94,9 +96,9 @@ class _ClipEncoder:
         if len(questions) != len(images):
             raise ValueError(f"{len(questions)} questions but {len(images)} images")
         if self.needs_image and any(i is None for i in images):
-            raise ValueError(f"encoder {self.spec!r} needs an image for every query")
+            raise UserError(f"encoder {self.spec!r} needs an image for every query")
         if self.needs_question and any(not q for q in questions):
-            raise ValueError(f"encoder {self.spec!r} needs a question for every query")
+            raise UserError(f"encoder {self.spec!r} needs a question for every query")
 
     def _image_features(self, images: Sequence[Image.Image], grid: bool) -> tuple[np.ndarray, np.ndarray | None]:
         backbone = self.backbone
@@ -110,11 +112,11 @@ def _checked_image_features(queries: Sequence[Query], features: FeatureStore | N
                             who: str) -> FeatureStore:
     """The query image feature file, checked: given, made by the encoder's backbone, and every query has an image."""
     if features is None:
-        raise ValueError(f"{who} needs the query image features (--query-features)")
+        raise UserError(f"{who} needs the query image features (--query-features)")
     check_feature_backbone(features, ref, "the query image features")
     missing = [q.id for q in queries if q.image is None]
     if missing:
-        raise ValueError(f"queries {missing[:5]} have no image; {who} needs one")
+        raise UserError(f"queries {missing[:5]} have no image; {who} needs one")
     return features
 
 
@@ -188,14 +190,14 @@ class JointQueryEncoder(_ClipEncoder):
             fc, grid = self._image_features([im for im in images if im is not None],
                                             grid=self.model.config.inputs.grid)
             store = MemoryFeatureStore(ids, fc, grid, {"grid_hw": list(self.backbone.grid_hw)})
-            return self.model.encode([q or "" for q in questions], ids, store=store).numpy()  # (B, D)
+            return encode_with_features(self.model, store, [q or "" for q in questions], ids)  # (B, D)
 
     def encode_stored(self, queries: Sequence[Query], features: FeatureStore | None,
                       text_features: FeatureStore | None) -> np.ndarray:
         features = _checked_image_features(queries, features, self.ref, "a joint encoder")
         with self._lock:
-            return self.model.encode([q.question for q in queries], [q.image for q in queries],
-                                     store=features).numpy()  # (Q, D)
+            return encode_with_features(self.model, features, [q.question for q in queries],
+                                        [q.image for q in queries])  # (Q, D)
 
 
 # -- registry --------------------------------------------------------------------------------------------------
@@ -212,7 +214,7 @@ def _clip(cls: type[_ClipEncoder]) -> Builder:
 
 def _joint(spec: str, arg: str, index_rec: IndexRecord, backbone: str | None, device: str) -> QueryEncoderLike:
     if not Path(arg).is_dir():
-        raise ValueError(f"--encoder {arg!r}: not a saved query encoder directory, nor clip-image[:BACKBONE] / "
+        raise UserError(f"--encoder {arg!r}: not a saved query encoder directory, nor clip-image[:BACKBONE] / "
                          "clip-text[:BACKBONE]")
     return JointQueryEncoder(arg, resolve_backbone([encoder_record(arg), index_rec], backbone), device)
 

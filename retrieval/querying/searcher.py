@@ -7,7 +7,9 @@ the KB's images belong to articles but the answers are passages (many per articl
 per article and ``--passages`` lists ``{"id", <article field>, "title"?, "text"?}`` records. Every retrieved
 article hands its score to all of its passages, in rank order; ViQuAE extends the list article by article and stops
 once it holds k passages (so its list may run past k). Here the list is cut at exactly k; passages of one article
-keep the order of the passages file. With several images per article (index ids ``{article}{sep}{n}``,
+keep the order of the passages file. As in meerqat, the n-th passage of the list (0-based) scores its article's
+score minus ``n·ε`` (:data:`PASSAGE_EPSILON`): the list is strictly decreasing, so a TREC file, ranx or a fusion
+that sorts by score keeps this order instead of breaking the ties of one article by docid (``'1000'`` < ``'998'``). With several images per article (index ids ``{article}{sep}{n}``,
 ``--article-sep``) a passage keeps the best of its article's image scores: the max.
 """
 
@@ -25,10 +27,12 @@ from PIL import Image
 from retrieval.formats import FormatError, KBEntry, iter_jsonl, read_kb
 from retrieval.indexing import Index
 from retrieval.querying.encoders import QueryEncoderLike
+from foundations.errors import UserError
 
 logger = logging.getLogger(__name__)
 
 SNIPPET_CHARS = 200
+PASSAGE_EPSILON = 1e-9  # per-rank decrement of mapped passage scores: far below faiss' float32 score resolution
 
 
 @dataclass
@@ -86,7 +90,8 @@ class PassageMap:
 
     def expand(self, index_ids: Sequence[str], scores: Sequence[float], k: int) -> list[tuple[str, float]]:
         """(passage id, score) for ranked index hits: each article's score goes to its passages (max over the
-        article's hits, i.e. its first one, since hits come best first); at most ``k`` passages."""
+        article's hits, i.e. its first one, since hits come best first), minus ``rank·ε`` so that the list is
+        strictly decreasing in list order; at most ``k`` passages."""
         out: list[tuple[str, float]] = []
         seen: set[str] = set()
         for index_id, score in zip(index_ids, scores):
@@ -95,7 +100,7 @@ class PassageMap:
                 continue
             seen.add(article)
             for pid in self.passages.get(article, ()):
-                out.append((pid, float(score)))
+                out.append((pid, float(score) - PASSAGE_EPSILON * len(out)))
                 if len(out) == k:
                     return out
         return out
@@ -132,7 +137,7 @@ class Searcher:
         """(id, score) lists for (Q, D) query vectors, best first; passages when a passage map is set."""
         if vectors.ndim != 2 or vectors.shape[1] != self.index.dim:
             name = self.encoder.spec if self.encoder is not None else "the query encoder"
-            raise ValueError(f"{name} makes vectors of shape {vectors.shape[1:]}, the index holds dim "
+            raise UserError(f"{name} makes vectors of shape {vectors.shape[1:]}, the index holds dim "
                              f"{self.index.dim} (encoder and index must share one CLIP space)")
         if self.passages is None:
             scores, ids = self.index.search(vectors, k)  # (Q, k), (Q, k)

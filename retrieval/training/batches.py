@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 from feature_extraction.store import FeatureStore, MemoryFeatureStore
 from retrieval.formats import Query
 from vlt5.inputs import VisualInputConfig, grid_hw_of, visual_inputs
+from foundations.errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -79,9 +80,9 @@ class EpochBatches(Dataset):
                  inputs: VisualInputConfig, global_batch: int, hard_negatives: int, seed: int, epoch: int,
                  rank: int = 0, world_size: int = 1) -> None:
         if global_batch % world_size:
-            raise ValueError(f"batch size {global_batch} must be divisible by the number of processes {world_size}")
+            raise UserError(f"batch size {global_batch} must be divisible by the number of processes {world_size}")
         if len(queries) < global_batch:
-            raise ValueError(f"{len(queries)} training queries: fewer than one batch of {global_batch}")
+            raise UserError(f"{len(queries)} training queries: fewer than one batch of {global_batch}")
         self.queries, self.tokens, self.inputs = queries, tokens, inputs
         self.memory = store if isinstance(store, MemoryFeatureStore) else None  # shared with workers
         self.store_path = store.path  # otherwise every process opens the file itself

@@ -1,32 +1,42 @@
 """The training configuration: one typed, nested, strictly loaded dataclass (saved as ``config.json``).
 
-``TrainConfig`` = ``data`` (files, batch, negatives, loader) + ``model`` (query encoder init, adapters, policy,
-inputs) + ``optim`` (AdamW groups, schedule, clipping, accumulation, precision, temperature) + ``loop`` (run
-dir, epochs, seed, checkpoints, device) + ``eval`` (metrics, baselines). Every field is a CLI flag
-(:mod:`retrieval.training.cli`); ``help`` metadata is the flag's help text. Validation lives in
-``__post_init__``; :func:`TrainConfig.from_dict` rejects unknown keys (naming them).
+``TrainConfig`` = ``data`` (files, batch, negatives, loader) + ``model`` (query encoder init, policy, pooling,
+with ``model.inputs`` — how question + image become tokens — and ``model.adapter`` — method + its parameters)
++ ``optim`` (the engine's :class:`engine.config.OptimConfig` + a learning rate per group and the temperature)
++ ``loop`` (the engine's :class:`engine.config.LoopConfig` + DDP negative gathering) + ``eval`` (metrics,
+baselines). Every leaf is a flag through :func:`foundations.cli.add_config_flags` (``--model.inputs.fc_token`` =
+``--fc-token``); ``help`` metadata is the flag's help text. Validation lives in ``__post_init__``;
+:func:`TrainConfig.from_dict` rejects unknown keys (naming them) and upgrades a format-1 (flat ``model``) config.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from foundations.config import from_dict
+from engine import config as engine_config
+from foundations.config import from_dict, load_json, save_json
 from foundations.errors import ConfigError
+
+if TYPE_CHECKING:
+    from adapters import HoulsbyConfig, LoRAConfig, PromptConfig
+    from vlt5.inputs import VisualInputConfig
 
 logger = logging.getLogger(__name__)
 
-CONFIG_FORMAT_VERSION = 1
+CONFIG_FORMAT_VERSION = 2
+# format 1 kept the inputs and adapter fields flat in ``model``: their new place (``from_dict`` moves them)
+FORMAT1_MODEL_FIELDS = {"grid": "inputs.grid", "fc_token": "inputs.fc_token", "boxes": "inputs.boxes",
+                        "pool_grid_to": "inputs.pool_grid_to", "max_length": "inputs.max_length",
+                        "prefix": "inputs.prefix", "adapters": "adapter.method", "adapter_reduction": "adapter.reduction",
+                        "lora_r": "adapter.lora_r", "lora_alpha": "adapter.lora_alpha",
+                        "prompt_length": "adapter.prompt_length", "prompt_mid_dim": "adapter.prompt_mid_dim"}
 KB_SIDES = ("image", "text", "mean")
 ADAPTERS = ("none", "houlsby", "lora", "prompt")
 POOLINGS = ("mean", "first", "attention")
-SCHEDULES = ("linear", "cosine", "constant")
-PRECISIONS = ("fp32", "bf16", "fp16")
-RESUME = ("auto", "yes", "no")
+BOXES = ("zero", "grid_cells")
 CACHE = ("auto", "yes", "no")
 
 
@@ -66,6 +76,59 @@ class DataConfig:
 
 
 @dataclass
+class InputsConfig:
+    """How a question + image become encoder inputs (saved with the encoder as vlt5's ``VisualInputConfig``, except
+    ``pool_grid_to``, which shapes the visual embedding)."""
+
+    grid: bool = field(default=True, metadata=_help("use the grid tokens of the query image"))
+    fc_token: bool = field(default=False, metadata=_help("add the image's CLIP fc as one more visual token"))
+    boxes: str = field(default="zero", metadata=_help(
+        "box of each grid token: zero (VL_adapter) | grid_cells (where the cell is)", choices=BOXES))
+    pool_grid_to: int | None = field(default=None, metadata=_help("max-pool a square grid to NxN (VL_adapter: 6)"))
+    max_length: int = field(default=40, metadata=_help("question tokens kept"))
+    prefix: str = field(default="", metadata=_help("text prefix before every question, e.g. 'vqa: '"))
+
+    def __post_init__(self) -> None:
+        _choice(self, "boxes", BOXES)
+        if not (self.grid or self.fc_token):
+            raise ConfigError("model.inputs: at least one of grid and fc_token must be true")
+        if self.max_length <= 1 or (self.pool_grid_to is not None and self.pool_grid_to < 1):
+            raise ConfigError(f"model.inputs: max_length > 1 and pool_grid_to >= 1 (got {self.max_length}, "
+                              f"{self.pool_grid_to})")
+
+    def visual_input_config(self) -> VisualInputConfig:
+        from vlt5.inputs import VisualInputConfig
+
+        return VisualInputConfig(grid=self.grid, fc_token=self.fc_token, boxes=self.boxes,
+                                 max_length=self.max_length, prefix=self.prefix)
+
+
+@dataclass
+class AdapterConfig:
+    """Which parameter-efficient modules to add (``method``) and the parameters of each method."""
+
+    method: str = field(default="none", metadata=_help("parameter-efficient modules to add", choices=ADAPTERS))
+    reduction: int = field(default=8, metadata=_help("houlsby: bottleneck = d_model / reduction"))
+    lora_r: int = field(default=8, metadata=_help("lora: rank"))
+    lora_alpha: float = field(default=16.0, metadata=_help("lora: scale numerator"))
+    prompt_length: int = field(default=8, metadata=_help("prompt: prefix length"))
+    prompt_mid_dim: int = field(default=128, metadata=_help("prompt: reparameterisation width"))
+
+    def __post_init__(self) -> None:
+        _choice(self, "method", ADAPTERS)
+
+    def build(self) -> HoulsbyConfig | LoRAConfig | PromptConfig | None:
+        """The adapters package's config of ``method`` (None for ``none``)."""
+        from adapters import HoulsbyConfig, LoRAConfig, PromptConfig
+
+        builders = {"houlsby": lambda: HoulsbyConfig(reduction_factor=self.reduction),
+                    "lora": lambda: LoRAConfig(r=self.lora_r, alpha=self.lora_alpha),
+                    "prompt": lambda: PromptConfig(length=self.prompt_length, mid_dim=self.prompt_mid_dim)}
+        build = builders.get(self.method)
+        return build() if build is not None else None
+
+
+@dataclass
 class ModelConfig:
     init: str = field(default="random", metadata=_help(
         "random | t5:DIR (plain T5 dir) | vlt5:PATH (VL-T5 .pth) | encoder:DIR (a saved QueryEncoder)"))
@@ -76,27 +139,15 @@ class ModelConfig:
     d_kv: int = field(default=16, metadata=_help("random init: size of one head"))
     d_ff: int = field(default=128, metadata=_help("random init: feed-forward size"))
     dropout: float = field(default=0.1, metadata=_help("dropout rate (all inits)"))
-    adapters: str = field(default="none", metadata=_help("parameter-efficient modules to add", choices=ADAPTERS))
-    adapter_reduction: int = field(default=8, metadata=_help("houlsby: bottleneck = d_model / reduction"))
-    lora_r: int = field(default=8, metadata=_help("lora: rank"))
-    lora_alpha: float = field(default=16.0, metadata=_help("lora: scale numerator"))
-    prompt_length: int = field(default=8, metadata=_help("prompt: prefix length"))
-    prompt_mid_dim: int = field(default=128, metadata=_help("prompt: reparameterisation width"))
     policy: str = field(default="auto", metadata=_help(
         "what trains: auto (adapters+visual+head with adapters, else full) | head | adapters+visual+head | "
         "last_n_blocks:N | full | parts joined with +"))
     pooling: str = field(default="mean", metadata=_help("token pooling", choices=POOLINGS))
     proj_dim: int | None = field(default=None, metadata=_help("output size; must equal the KB dim (default: it)"))
-    fc_token: bool = field(default=False, metadata=_help("add the image's CLIP fc as one more visual token"))
-    grid: bool = field(default=True, metadata=_help("use the grid tokens of the query image"))
-    boxes: str = field(default="zero", metadata=_help(
-        "box of each grid token: zero (VL_adapter) | grid_cells (where the cell is)", choices=("zero", "grid_cells")))
-    pool_grid_to: int | None = field(default=None, metadata=_help("max-pool a square grid to NxN (VL_adapter: 6)"))
-    max_length: int = field(default=40, metadata=_help("question tokens kept"))
-    prefix: str = field(default="", metadata=_help("text prefix before every question, e.g. 'vqa: '"))
+    inputs: InputsConfig = field(default_factory=InputsConfig)
+    adapter: AdapterConfig = field(default_factory=AdapterConfig)
 
     def __post_init__(self) -> None:
-        _choice(self, "adapters", ADAPTERS)
         _choice(self, "pooling", POOLINGS)
         kind = self.init.split(":", 1)[0]
         if kind not in ("random", "t5", "vlt5", "encoder") or (kind != "random" and ":" not in self.init):
@@ -110,39 +161,24 @@ class ModelConfig:
     def resolved_policy(self) -> str:
         if self.policy != "auto":
             return self.policy
-        return "adapters+visual+head" if self.adapters != "none" else "full"
+        return "adapters+visual+head" if self.adapter.method != "none" else "full"
 
 
 @dataclass
-class OptimConfig:
+class OptimConfig(engine_config.OptimConfig):
+    """The engine's optimisation settings + this trainer's learning rate per parameter group and temperature."""
+
     lr_head: float = field(default=1e-3, metadata=_help("learning rate of head + pooler (+ log temperature)"))
     lr_adapters: float = field(default=1e-3, metadata=_help("learning rate of adapter parameters"))
     lr_visual: float = field(default=1e-3, metadata=_help("learning rate of the visual embedding"))
     lr_backbone: float = field(default=1e-4, metadata=_help("learning rate of the T5 backbone"))
-    weight_decay: float = field(default=0.01, metadata=_help("AdamW weight decay (not on the temperature)"))
-    beta1: float = 0.9
-    beta2: float = 0.999
-    eps: float = 1e-8
-    warmup_steps: int = field(default=0, metadata=_help("linear warmup steps (overrides warmup_ratio if > 0)"))
-    warmup_ratio: float = field(default=0.05, metadata=_help("warmup as a fraction of all optimizer steps"))
-    schedule: str = field(default="linear", metadata=_help("decay after warmup", choices=SCHEDULES))
-    grad_clip: float = field(default=1.0, metadata=_help("max global grad norm (0: off)"))
-    grad_accum: int = field(default=1, metadata=_help("micro-batches per optimizer step"))
-    precision: str = field(default="fp32", metadata=_help(
-        "fp32 | bf16 (autocast, CPU or GPU) | fp16 (autocast + GradScaler, CUDA only)", choices=PRECISIONS))
     temperature: float = field(default=0.05, metadata=_help("softmax temperature tau (initial value if learned)"))
     learn_temperature: bool = field(default=False, metadata=_help("learn log(tau) with the head's learning rate"))
 
     def __post_init__(self) -> None:
-        _choice(self, "schedule", SCHEDULES)
-        _choice(self, "precision", PRECISIONS)
-        if min(self.lr_head, self.lr_adapters, self.lr_visual, self.lr_backbone, self.weight_decay) < 0:
-            raise ConfigError("optim: learning rates and weight_decay must be >= 0")
-        if self.temperature <= 0 or self.grad_accum < 1 or self.grad_clip < 0 or self.warmup_steps < 0:
-            raise ConfigError("optim: temperature > 0, grad_accum >= 1, grad_clip >= 0, warmup_steps >= 0 (got "
-                              f"{self.temperature}, {self.grad_accum}, {self.grad_clip}, {self.warmup_steps})")
-        if not 0.0 <= self.warmup_ratio < 1.0:
-            raise ConfigError(f"optim.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        super().__post_init__()
+        if min(self.lr_head, self.lr_adapters, self.lr_visual, self.lr_backbone) < 0 or self.temperature <= 0:
+            raise ConfigError("optim: learning rates must be >= 0 and temperature > 0")
 
     @property
     def group_lrs(self) -> dict[str, float]:
@@ -151,35 +187,11 @@ class OptimConfig:
 
 
 @dataclass
-class LoopConfig:
-    out: str = field(default="runs/train", metadata=_help("run directory (config, log, checkpoints)"))
-    epochs: int = field(default=10, metadata=_help("passes over the training queries"))
-    max_steps: int | None = field(default=None, metadata=_help("stop after this many optimizer steps"))
-    seed: int = field(default=0, metadata=_help("seed of model init, data order and negative sampling"))
-    eval_every: int | None = field(default=None, metadata=_help("also evaluate on dev every N steps"))
-    save_every: int | None = field(default=None, metadata=_help("also save the last checkpoint every N steps"))
-    log_every: int = field(default=10, metadata=_help("log training metrics every N steps"))
-    resume: str = field(default="auto", metadata=_help(
-        "auto: resume if OUT/last exists | yes: must resume | no: refuse a run dir with checkpoints",
-        choices=RESUME, const="yes"))
-    device: str = field(default="auto", metadata=_help("auto | cpu | cuda (torchrun: cuda:LOCAL_RANK)"))
-    threads: int | None = field(default=None, metadata=_help("torch CPU threads"))
+class LoopConfig(engine_config.LoopConfig):
+    """The engine's loop settings + how DDP ranks build the candidate pool."""
+
     gather_negatives: bool = field(default=True, metadata=_help(
         "DDP: score each query against the candidates of the whole global batch (all ranks)"))
-    save_init: bool = field(default=True, metadata=_help("save the encoder before training as OUT/init"))
-    tensorboard: bool = field(default=True, metadata=_help("write OUT/tensorboard if tensorboard is installed"))
-    progress: bool = field(default=True, metadata=_help("tqdm progress bar"))
-
-    def __post_init__(self) -> None:
-        _choice(self, "resume", RESUME)
-        if self.epochs < 1 or self.log_every < 1:
-            raise ConfigError(f"loop.epochs and loop.log_every must be >= 1 (got {self.epochs}, {self.log_every})")
-        for name in ("max_steps", "eval_every", "save_every", "threads"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ConfigError(f"loop.{name} must be >= 1 or unset, got {value}")
-        if self.device != "auto" and self.device.split(":")[0] not in ("cpu", "cuda"):
-            raise ConfigError(f"loop.device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
 
 
 @dataclass
@@ -232,19 +244,25 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str = "train config") -> TrainConfig:
+        if not isinstance(data, dict):
+            raise ConfigError(f"{where}: expected a JSON object")
+        version = data.get("format_version", CONFIG_FORMAT_VERSION)
         data = {k: v for k, v in data.items() if k != "format_version"}
+        if version == 1 and isinstance(data.get("model"), dict):
+            model = dict(data["model"])
+            for old, new in FORMAT1_MODEL_FIELDS.items():
+                if old in model:
+                    section, name = new.split(".")
+                    model.setdefault(section, {})[name] = model.pop(old)
+            data["model"] = model
         return from_dict(cls, data, where)
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        save_json(path, self.to_dict())
 
     @classmethod
     def load(cls, path: str | Path) -> TrainConfig:
-        try:
-            data = json.loads(Path(path).read_text())
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"{path}: not valid JSON ({exc})") from None
-        return cls.from_dict(data, str(path))
+        return cls.from_dict(load_json(path), str(path))
 
 
 def _choice(obj: object, name: str, choices: tuple[str, ...]) -> None:

@@ -15,6 +15,7 @@ import numpy as np
 
 from feature_extraction.store import FeatureFileError, FeatureStore, MemoryFeatureStore
 from retrieval.formats import KBEntry, Query, read_kb, read_queries
+from foundations.errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -65,14 +66,14 @@ def load_kb(kb_path: str, image_features: str | None, text_features: str | None,
     """KB ids and normalised vectors: ``image`` fc, ``text`` fc, or ``mean`` of the two normalised vectors."""
     entries = read_kb(kb_path)
     if not entries:
-        raise ValueError(f"{kb_path}: the knowledge base is empty")
+        raise UserError(f"{kb_path}: the knowledge base is empty")
     parts = []
     if side in ("image", "mean"):
         parts.append(normalise_rows(_side_vectors(entries, image_features or "", image=True)))
     if side in ("text", "mean"):
         parts.append(normalise_rows(_side_vectors(entries, text_features or "", image=False)))
     if len({p.shape[1] for p in parts}) > 1:
-        raise ValueError(f"KB image features ({image_features}) and text features ({text_features}) have different "
+        raise UserError(f"KB image features ({image_features}) and text features ({text_features}) have different "
                          f"dims {[p.shape[1] for p in parts]}: they must come from the same CLIP model")
     vectors = normalise_rows(np.mean(parts, axis=0))
     logger.info("KB: %d entries, %s vectors of dim %d", len(entries), side, vectors.shape[1])
@@ -84,17 +85,17 @@ def load_queries(path: str, kb_ids: set[str], store: FeatureStore | None, split:
     are dropped (logged); a query with no positive in the KB is an error naming it."""
     queries = read_queries(path)
     if not queries:
-        raise ValueError(f"{path}: no queries")
+        raise UserError(f"{path}: no queries")
     dropped = 0
     for q in queries:
         if q.image is None:
-            raise ValueError(f"{path}: query {q.id!r} has no image; the joint encoder needs one per query")
+            raise UserError(f"{path}: query {q.id!r} has no image; the joint encoder needs one per query")
         if store is not None and q.image not in store:
             raise FeatureFileError(f"{store.path}: image {q.image!r} of {split} query {q.id!r} ({path}) is not in "
                                    "the query feature file")
         unknown = [p for p in q.positives if p not in kb_ids]
         if unknown:
-            raise ValueError(f"{path}: query {q.id!r} has positives not in the KB: {unknown[:5]}")
+            raise UserError(f"{path}: query {q.id!r} has positives not in the KB: {unknown[:5]}")
         kept = [n for n in q.hard_negatives if n in kb_ids and n not in q.positives]
         dropped += len(q.hard_negatives) - len(kept)
         q.hard_negatives = kept

@@ -13,9 +13,10 @@ from collections.abc import Sequence
 import numpy as np
 
 from feature_extraction.store import FeatureStore
-from retrieval.evaluate import evaluate_run
+from retrieval.metrics import evaluate_run
 from retrieval.formats import Query, Run, qrels_from_queries
 from retrieval.indexing import Index, IndexConfig, build_index
+from retrieval.querying.features import encode_with_features
 from vlt5 import QueryEncoder
 
 logger = logging.getLogger(__name__)
@@ -52,9 +53,8 @@ def evaluate_vectors(query_vectors: np.ndarray, queries: Sequence[Query], index:
 def encode_queries(encoder: QueryEncoder, queries: Sequence[Query], store: FeatureStore,
                    batch_size: int = 128) -> np.ndarray:
     """(Q, D) float32 query vectors from the joint encoder (eval mode, no grad)."""
-    vectors = encoder.encode([q.question for q in queries], [q.image for q in queries], store=store,
-                             batch_size=batch_size)
-    return vectors.numpy().astype(np.float32)
+    return encode_with_features(encoder, store, [q.question for q in queries], [q.image for q in queries],
+                                batch_size=batch_size)
 
 
 def evaluate_encoder(encoder: QueryEncoder, queries: Sequence[Query], query_store: FeatureStore,

@@ -1,6 +1,7 @@
-"""Where training metrics go: the console (logging), ``OUT/log.jsonl`` (one JSON object per record, appended,
-so a resumed run continues the same file) and TensorBoard (``OUT/tensorboard``) when it is installed.
-Only rank 0 writes; other ranks get a disabled logger."""
+"""Where training metrics go: the console (logging), ``OUT/log.jsonl`` (one JSON object per record, appended, so a
+resumed run continues the same file) and TensorBoard (``OUT/tensorboard``) when it is installed. Only rank 0
+writes; other ranks get a disabled logger. Moved here from ``retrieval/training/logs.py``.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
+LOG_NAME = "log.jsonl"
+
 
 def _tensorboard_writer(directory: Path) -> Any:
     try:
@@ -22,10 +25,24 @@ def _tensorboard_writer(directory: Path) -> Any:
     return SummaryWriter(str(directory))
 
 
+def read_log(run_dir: Path) -> list[dict[str, Any]]:
+    """Every record of ``run_dir/log.jsonl`` (a torn last line, from a kill mid-write, is skipped)."""
+    path = run_dir / LOG_NAME
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
+
+
 class MetricLogger:
     def __init__(self, run_dir: Path, enabled: bool = True, tensorboard: bool = True) -> None:
         self.enabled = enabled
-        self.path = run_dir / "log.jsonl"
+        self.path = run_dir / LOG_NAME
         self.tb_dir = run_dir / "tensorboard"
         self._file = open(self.path, "a") if enabled else None
         self._tb = _tensorboard_writer(self.tb_dir) if enabled and tensorboard else None

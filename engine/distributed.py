@@ -1,9 +1,10 @@
-"""Process-group setup and the few collectives training needs (torchrun DDP; a no-op for one process).
+"""Process-group setup and the few collectives a training loop needs (torchrun DDP; a no-op for one process).
 
-``torchrun --nproc_per_node N python -m retrieval.train ...`` sets ``RANK`` / ``WORLD_SIZE`` / ``LOCAL_RANK``;
-:func:`setup` then joins the group (NCCL when the device is CUDA, gloo on the CPU) and picks
-``cuda:LOCAL_RANK``. Without those variables everything runs in one process and the collectives return their
-input. Gathering candidate ids needs no autograd: the knowledge-base side is frozen (see retrieval/losses.py).
+``torchrun --nproc_per_node N ...`` sets ``RANK`` / ``WORLD_SIZE`` / ``LOCAL_RANK``; :func:`setup` then joins the
+group (NCCL when the device is CUDA, gloo on the CPU) and picks ``cuda:LOCAL_RANK``
+(:func:`foundations.device.resolve_device`). Without those variables everything runs in one process and the
+collectives return their input. Moved here from ``retrieval/training/distributed.py`` (nanoGPT's ``ddp`` block in
+spirit).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
+
+from foundations.device import resolve_device
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -36,22 +39,11 @@ class DistEnv:
         return self.world_size > 1
 
 
-def resolve_device(spec: str, local_rank: int) -> torch.device:
-    if spec == "auto":
-        spec = "cuda" if torch.cuda.is_available() else "cpu"
-    if spec == "cuda":
-        spec = f"cuda:{local_rank}"
-    device = torch.device(spec)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {spec} requested but CUDA is not available (use --device cpu)")
-    return device
-
-
 def setup(device_spec: str = "auto") -> DistEnv:
     """Join the torchrun process group if there is one; returns this process's rank, world and device."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
-    device = resolve_device(device_spec, local_rank)
+    device = torch.device(resolve_device(device_spec))
     if world > 1 and not dist.is_initialized():
         if device.type == "cuda":
             torch.cuda.set_device(device)
