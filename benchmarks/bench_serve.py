@@ -30,9 +30,8 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from bench_index import ratio_both_orders  # noqa: E402
-from helpers_search import ServerProcess  # noqa: E402
+from common import ServerProcess  # noqa: E402
 
 from feature_extraction.backbones import file_sha256  # noqa: E402
 from feature_extraction.tiny import TINY_VIT, VIT_B32, TinyClipSpec, make_openai_clip, photo  # noqa: E402

@@ -1,5 +1,6 @@
 """``OUT/curves.png``: training loss, learning rate per group, temperature and dev metrics against the optimizer
-step, drawn from ``log.jsonl`` with matplotlib's Agg backend (no display) and written atomically.
+step, drawn from ``log.jsonl`` with matplotlib's object API (a ``Figure`` rendered by Agg: no display, no pyplot
+state) and written atomically.
 
 A resumed run logs the steps after its last checkpoint twice; the later record of a (kind, step) wins, so the
 curves show the run as it finally went.
@@ -42,12 +43,10 @@ def keys_of(records: Sequence[dict[str, Any]], kind: str) -> list[str]:
 def draw_curves(records: Sequence[dict[str, Any]], path: Path, select_metric: str | None = None,
                 title: str = "") -> Path:
     """Draw the four panels into ``path`` (PNG, atomically)."""
-    import matplotlib
+    from matplotlib.figure import Figure  # no pyplot: no global backend or figure state, Agg for PNG
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(2, 2, figsize=(11, 7), constrained_layout=True)
+    fig = Figure(figsize=(11, 7), layout="constrained")
+    axes = fig.subplots(2, 2)
     (ax_loss, ax_lr), (ax_tau, ax_dev) = axes
     steps, loss = series(records, "train", "loss")
     ax_loss.plot(steps, loss, label="train loss", color="tab:blue")
@@ -81,6 +80,5 @@ def draw_curves(records: Sequence[dict[str, Any]], path: Path, select_metric: st
         fig.suptitle(title)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=90)
-    plt.close(fig)
     atomic_write_bytes(path, buffer.getvalue())
     return path

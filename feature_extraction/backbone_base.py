@@ -1,7 +1,8 @@
 """The CLIP backbone interface (:class:`Backbone`: ``preprocess``, ``tokenize``, ``encode_images``,
 ``encode_texts``) and the pieces both families share: OpenAI's CLIP preprocessing, positional-embedding resizing and
-weight hashing. The families live in :mod:`feature_extraction.openai_backbone` and :mod:`feature_extraction.hf_backbone`;
-:func:`feature_extraction.backbones.load_backbone` picks one. This module imports neither.
+weight hashing. The families live in :mod:`feature_extraction.openai_backbone` and
+:mod:`feature_extraction.hf_backbone`; :func:`feature_extraction.backbones.load_backbone` picks one. This module
+imports neither.
 
 A non-native ``image_size`` interpolates the positional embeddings bicubically (ViT patch grid; ResNet
 attention-pool grid), as timm's ``resample_abs_pos_embed`` and transformers' ``interpolate_pos_encoding`` do;

@@ -21,7 +21,8 @@ import logging
 from collections.abc import Iterator, Sequence
 
 from foundations.errors import UsageError
-from feature_extraction.store import FeatureStore, H5FeatureStore
+from feature_extraction.readers import open_features
+from feature_extraction.store import H5FeatureStore
 from feature_extraction.writer import COPY_ROWS, Block, read_skip_record, write_feature_file
 
 logger = logging.getLogger(__name__)
@@ -32,7 +33,7 @@ def _open_shards(paths: Sequence[Path]) -> list[H5FeatureStore]:
     for path in paths:
         if Path(str(path) + ".partial").exists():
             raise UsageError(f"{path}: has an unfinished run ({path}.partial); rerun its extraction first")
-        store = FeatureStore.open(path)
+        store = open_features(path)
         if not isinstance(store, H5FeatureStore) or "shard_id" not in store.attrs:
             raise UsageError(f"{path}: not a shard written by clip_prepro_feats.py")
         stores.append(store)

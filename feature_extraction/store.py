@@ -68,15 +68,6 @@ class FeatureStore:
 
     path: Path
 
-    @staticmethod
-    def open(path: str | Path) -> FeatureStore:
-        """TRANSITIONAL alias of :func:`feature_extraction.readers.open_features`, kept only until every caller
-        imports that instead; then delete it (this lazy import is the last store -> readers -> legacy -> store
-        cycle, see tests/test_import_cycles.py)."""
-        from feature_extraction.readers import open_features
-
-        return open_features(path)
-
     # -- interface (subclasses set ``_ids`` / ``_attrs`` or override these) --------------------------------
     _ids: list[str]
     _attrs: dict[str, Any] = {}

@@ -36,8 +36,8 @@ STAT_TESTS = ("student", "fisher", "tukey")
 
 
 def canonical_metric(name: str) -> str:
-    """``'R@10'`` → ``'recall@10'``, ``'success@1'`` → ``'hit_rate@1'``, ``'hits@5'`` stays ``'hits@5'`` (ranx's count
-    of relevant hits); unknown or ambiguous names raise a one-line ValueError."""
+    """``'R@10'`` → ``'recall@10'``, ``'success@1'`` → ``'hit_rate@1'``, ``'hits@5'`` stays ``'hits@5'`` (ranx's
+    count of relevant hits); unknown or ambiguous names raise a one-line UserError."""
     match = re.fullmatch(r"([A-Za-z][A-Za-z0-9_-]*)(?:@(\d+))?", name.strip())
     word = match.group(1).lower() if match else ""
     if word in AMBIGUOUS:

@@ -4,7 +4,7 @@
 #   bash scripts/train_joint_encoder.sh                      # the demo data (runs/demo), tiny random-init encoder
 #   bash scripts/train_joint_encoder.sh --epochs 5 --lr-head 3e-3          # any flag of vlt5r train overrides
 #   KB=kb.jsonl TRAIN=... KB_FEATURES=kb.h5 QUERY_FEATURES=q.h5 OUT=runs/mine \
-#       bash scripts/train_joint_encoder.sh --init vlt5:Epoch30.pth --tokenizer t5-base/ --adapters houlsby
+#       bash scripts/train_joint_encoder.sh --init vlt5:Epoch30.pth --tokenizer t5-base/ --method houlsby
 #   NPROC=4 bash scripts/train_joint_encoder.sh             # torchrun DDP (negatives gathered across ranks)
 #
 # Paths come from environment variables (defaults: the layout `vlt5r demo prepare --out runs/demo`

@@ -11,17 +11,15 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import numpy as np
 
 from retrieval.demo.prepare import DemoPaths
+from retrieval.querying.server_process import ServerProcess, free_port  # noqa: F401  (used by the tests)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -77,9 +75,9 @@ def build_world(root: Path, clip_pt: Path) -> World:
                        dropout_rate=0.0, visual=VisualConfig(feat_dim=128))  # tiny ViT grid width 128
     qe = QueryEncoder(QueryEncoderConfig(model=model, proj_dim=48), tokenizer=tokenizer)  # 48 = CLIP embed dim
     qe.save_pretrained(world.encoder)
-    from feature_extraction.store import FeatureStore
+    from feature_extraction.readers import open_features
 
-    with FeatureStore.open(world.features("scenes")) as store:
+    with open_features(world.features("scenes")) as store:
         write_backbone_record(world.encoder, store.attrs)
     (root / "DONE").write_text("ok")
     return world
@@ -87,9 +85,9 @@ def build_world(root: Path, clip_pt: Path) -> World:
 
 def brute_force_topk(world: World, query: np.ndarray, k: int) -> tuple[list[str], np.ndarray]:
     """Exact cosine top-k over the KB image features (the reference for every search result)."""
-    from feature_extraction.store import FeatureStore
+    from feature_extraction.readers import open_features
 
-    with FeatureStore.open(world.features("kb_image")) as store:
+    with open_features(world.features("kb_image")) as store:
         ids, kb = store.ids, np.asarray(store.get_many(store.ids).fc, dtype=np.float64)
     kb /= np.linalg.norm(kb, axis=1, keepdims=True)
     q = np.asarray(query, dtype=np.float64) / np.linalg.norm(query)
@@ -105,55 +103,9 @@ def run_cli(script: str, *args: str, timeout: float = 120) -> subprocess.Complet
                           capture_output=True, text=True, timeout=timeout)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def server_args(world: World) -> list[str]:
     return ["--index", str(world.index), "--encoder", str(world.encoder), "--kb", str(world.kb), "--images",
             str(world.data)]
-
-
-class ServerProcess:
-    """``python retrieval/serve.py ARGS`` on 127.0.0.1 and a free port; waits (bounded) for ``/health``."""
-
-    def __init__(self, args: list[str], startup_s: float = 90) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-        cmd = [sys.executable, str(REPO / "retrieval" / "serve.py"), *args, "--port", str(self.port)]
-        self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     text=True)
-        deadline = time.monotonic() + startup_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}: {self.proc.stdout.read()}")
-            try:
-                if httpx.get(self.url + "/health", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        self.stop()
-        raise RuntimeError(f"server did not answer /health within {startup_s} s")
-
-    def stop(self) -> str:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=15)
-        return self.proc.stdout.read() if self.proc.stdout else ""
-
-    def __enter__(self) -> ServerProcess:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 def make_world_fixture():  # noqa: ANN201 - a pytest fixture factory

@@ -42,7 +42,8 @@ class ToyTask(engine.Task):
         w = rng.standard_normal(D_IN)
         x = rng.standard_normal((N_TRAIN + N_DEV, D_IN)).astype(np.float32)
         y = (x @ w + 0.01 * rng.standard_normal(len(x))).astype(np.float32)
-        self.x, self.y = torch.from_numpy(x), torch.from_numpy(y)
+        self.register_buffer("x", torch.from_numpy(x), persistent=False)  # follows .to(device), not saved
+        self.register_buffer("y", torch.from_numpy(y), persistent=False)
         self.batch, self.lrs = batch, lrs
         self.snapshots: list[dict[str, Tensor]] = []  # parameters at each forward (tests of the freeze schedule)
 
@@ -63,7 +64,7 @@ class ToyTask(engine.Task):
         return N_TRAIN // self.batch
 
     def train_batches(self, epoch: int, start: int, stop: int) -> Any:
-        order = torch.from_numpy(np.random.default_rng([3, epoch]).permutation(N_TRAIN))
+        order = torch.from_numpy(np.random.default_rng([3, epoch]).permutation(N_TRAIN)).to(self.x.device)
         for m in range(start, stop):
             rows = order[m * self.batch:(m + 1) * self.batch]
             yield self.x[rows], self.y[rows]
@@ -80,7 +81,7 @@ class ToyTask(engine.Task):
         save_file({k: v.contiguous() for k, v in self.state_dict().items()}, str(directory / "model.safetensors"))
 
     def load_model(self, directory: Path) -> None:
-        self.load_state_dict(load_file(str(directory / "model.safetensors")))
+        self.load_state_dict(load_file(str(directory / "model.safetensors"), device=str(self.x.device)))
 
 
 def run(out: Path, batch: int = 8, dropout: float = 0.0, lrs: tuple[float, float] = (0.05, 0.05),
@@ -91,7 +92,7 @@ def run(out: Path, batch: int = 8, dropout: float = 0.0, lrs: tuple[float, float
         (loop if key in LoopConfig.__dataclass_fields__ else optim)[key] = value
     loop_cfg, optim_cfg = LoopConfig(**loop), OptimConfig(**optim)
     env = engine.setup(loop_cfg, optim_cfg)
-    task = ToyTask(batch, dropout, lrs)
+    task = ToyTask(batch, dropout, lrs).to(env.device)
     config = {"loop": loop, "optim": {k: list(v) if isinstance(v, tuple) else v for k, v in optim.items()}}
     return task, engine.fit(task, loop_cfg, optim_cfg, config, env)
 
@@ -110,7 +111,7 @@ def one_thread() -> None:
 
 
 def test_fit_learns_and_writes_the_run_dir(tmp_path: Path) -> None:
-    task, result = run(tmp_path / "run", epochs=6)
+    _, result = run(tmp_path / "run", epochs=6)
     out = tmp_path / "run"
     dev = records(out, "dev")
     assert [r["step"] for r in dev] == [6, 12, 18, 24, 30, 36]  # one evaluation per epoch of 6 steps
@@ -178,6 +179,19 @@ def test_exact_resume_after_a_crash_right_after_a_checkpoint(tmp_path: Path, mon
         run(tmp_path / "reference", resume="no")
     with pytest.raises(UserError, match="no last checkpoint"):
         run(tmp_path / "nothing", resume="yes")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_mixed_precision_on_cuda_learns_and_resumes_the_scaler(tmp_path: Path, precision: str) -> None:
+    _, result = run(tmp_path / "run", device="cuda", precision=precision, epochs=6)
+    untrained = ToyTask(8)
+    untrained.load_model(tmp_path / "run" / "init")
+    with torch.no_grad():
+        assert result.global_step == 36
+        assert records(tmp_path / "run", "dev")[-1]["mse"] < 0.2 * untrained.evaluate()["mse"]  # type: ignore[index]
+    scaler = torch.load(tmp_path / "run" / "last" / ckpt.STATE_PT, weights_only=True)["scaler"]
+    assert (scaler["scale"] > 0) if precision == "fp16" else scaler == {}  # GradScaler only for fp16
 
 
 def test_lr_schedule_by_hand() -> None:

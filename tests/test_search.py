@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from helpers_search import World, brute_force_topk, make_world_fixture, run_cli
 
-from feature_extraction.store import FeatureStore
+from feature_extraction.readers import open_features
 from feature_extraction.tiny import TINY_VIT, make_openai_clip
 from vlt5r.drivers import search as search_cli
 from retrieval.formats import read_queries, read_trec_run
@@ -29,7 +29,7 @@ def searcher(world: World):  # noqa: ANN201
 
 
 def fc_of(path: Path, ids: list[str]) -> np.ndarray:
-    with FeatureStore.open(path) as store:
+    with open_features(path) as store:
         return np.asarray(store.get_many(ids).fc, dtype=np.float32)
 
 
@@ -97,7 +97,7 @@ def test_other_weights_are_refused_with_one_line(world: World, tmp_path: Path) -
 
         with h5py.File(fake, "a") as f:
             f.attrs["backbone_sha256"] = "0" * 64
-        with FeatureStore.open(fake) as store:
+        with open_features(fake) as store:
             load_encoder(str(world.encoder)).encode_stored(read_queries(world.queries)[:1], store, None)
 
 
@@ -134,7 +134,7 @@ def test_cli_batch_writes_the_searchers_run(world: World, tmp_path: Path, encode
     queries = read_queries(world.queries)
     assert set(run) == {q.id for q in queries} and all(len(docs) == 7 for docs in run.values())
     s = open_searcher(world.index, None, spec)
-    with FeatureStore.open(world.features("scenes")) as feats, FeatureStore.open(world.features("questions")) as qf:
+    with open_features(world.features("scenes")) as feats, open_features(world.features("questions")) as qf:
         vectors = s.encoder.encode_stored(queries, feats, qf)
     for q, v in zip(queries, vectors):
         ids, scores = brute_force_topk(world, v, 7)

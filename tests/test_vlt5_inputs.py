@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from vlt5_fixtures import FC_DIM, load_parity_encoder
 
-from feature_extraction.store import FeatureStore
+from feature_extraction.readers import open_features
 from foundations.errors import UserError
 from retrieval.querying.features import QueryCollator
 from vlt5.inputs import VisualInputConfig, grid_cell_boxes, visual_inputs
@@ -183,7 +183,7 @@ def test_collate_questions_and_feature_ids(tiny_tok_dir: Path, tiny_feature_file
     assert batch["input_ids"].shape[1] == 8 and batch["input_ids"][0, -1] == 1  # truncated, </s> kept
     assert batch["input_ids"][0].tolist()[:3] == tok("vqa:").input_ids[:-1][:3]
     assert batch["attention_mask"][1].tolist() == (batch["input_ids"][1] != 0).long().tolist()
-    store = FeatureStore.open(tiny_feature_file)
+    store = open_features(tiny_feature_file)
     feats = store.get_many(["img_c", "img_a"])
     assert torch.equal(batch["vis_feats"], torch.from_numpy(feats.grid))
     assert torch.equal(batch["fc_feats"], torch.from_numpy(feats.fc))

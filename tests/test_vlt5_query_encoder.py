@@ -218,7 +218,7 @@ def test_encode_on_the_extraction_scripts_output(tiny_vit_pt: Path, tiny_t5_dir:
                                                  capsys: pytest.CaptureFixture[str]) -> None:
     """End to end: images -> clip_prepro_feats.py (tiny ViT CLIP: 4x4 grid of width 128, fc 48) -> encode."""
     from feature_extraction import clip_prepro_feats
-    from feature_extraction.store import FeatureStore
+    from feature_extraction.readers import open_features
     from feature_extraction.tiny import make_image_folder
 
     make_image_folder(tmp_path / "imgs", 3, size=(60, 40))
@@ -226,7 +226,7 @@ def test_encode_on_the_extraction_scripts_output(tiny_vit_pt: Path, tiny_t5_dir:
                                    "--backbone", str(tiny_vit_pt), "--num-workers", "0", "--device", "cpu",
                                    "--no-progress", "--quiet"])
     assert code == 0, capsys.readouterr().err
-    store = FeatureStore.open(tmp_path / "feats.h5")
+    store = open_features(tmp_path / "feats.h5")
     assert store.attrs["grid_hw"] == [4, 4]
     qe = QueryEncoder.from_t5(tiny_t5_dir, proj_dim=48, feat_dim=128, visual={"fc_dim": 48, "pool_grid_to": 3},
                               inputs=VisualInputConfig(fc_token=True, boxes="grid_cells", prefix="vqa: "))

@@ -8,8 +8,8 @@ one-line error with exit code 2. Library use: :func:`dpr_queries`, :func:`dpr_pa
 
 from retrieval.importers.common import ImportFormatError, ImportStats, RecordError, iter_records
 from retrieval.importers.dpr import dpr_passages, dpr_queries
-from retrieval.importers.kilt import article_table, kilt_entries
+from retrieval.importers.kilt import ArticleRow, article_table, kilt_entries
 from retrieval.importers.viquae import viquae_queries
 
-__all__ = ["ImportFormatError", "ImportStats", "RecordError", "article_table", "dpr_passages", "dpr_queries",
-           "iter_records", "kilt_entries", "viquae_queries"]
+__all__ = ["ArticleRow", "ImportFormatError", "ImportStats", "RecordError", "article_table", "dpr_passages",
+           "dpr_queries", "iter_records", "kilt_entries", "viquae_queries"]

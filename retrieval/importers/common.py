@@ -7,8 +7,6 @@ error (missing file, broken JSON array syntax) is fatal and raises :class:`Impor
 
 from __future__ import annotations
 
-import gzip
-import io
 import json
 import logging
 from collections import Counter
@@ -17,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
+from foundations import jsonl
 from retrieval.formats import FormatError
 
 logger = logging.getLogger(__name__)
@@ -58,12 +57,8 @@ class ImportStats:
 
 
 def open_text(path: str | Path) -> IO[str]:
-    path = Path(path)
-    if not path.is_file():
-        raise ImportFormatError(f"{path}: no such file")
-    if path.suffix == ".gz":
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8")
-    return path.open(encoding="utf-8")
+    """A UTF-8 stream of ``path`` (gzip-decompressed for ``.gz``); a missing file is an :class:`ImportFormatError`."""
+    return jsonl.open_text(path, ImportFormatError)
 
 
 def iter_records(path: str | Path) -> Iterator[tuple[str, Any]]:
@@ -77,29 +72,10 @@ def iter_records(path: str | Path) -> Iterator[tuple[str, Any]]:
         if head.lstrip().startswith("["):
             yield from _iter_array(path, f, head)
             return
-        n = 0
-        for line in _lines(head, f):
-            n += 1
-            if not line.strip():
-                continue
-            where = f"{path}:{n}"
-            try:
-                yield where, json.loads(line)
-            except json.JSONDecodeError as exc:
-                yield where, RecordError(f"invalid JSON ({exc.msg})")
-
-
-def _lines(buffered: str, f: IO[str]) -> Iterator[str]:
-    pending = buffered
-    while True:
-        *complete, pending = pending.split("\n")
-        yield from complete
-        chunk = f.read(CHUNK)
-        if not chunk:
-            if pending:
-                yield pending
-            return
-        pending += chunk
+    for where, record in jsonl.scan_jsonl(path):  # the toolkit's one JSONL reader; a bad line is skippable here
+        if isinstance(record, jsonl.JSONLError):
+            record = RecordError(str(record).removeprefix(f"{where}: "))
+        yield where, record
 
 
 def _iter_array(path: str | Path, f: IO[str], buf: str) -> Iterator[tuple[str, Any]]:

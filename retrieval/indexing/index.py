@@ -18,7 +18,7 @@ from typing import Any
 import faiss
 import numpy as np
 
-from retrieval.indexing.config import INDEX_FORMAT_VERSION, IndexConfig, hnsw_of, ivf_of
+from retrieval.indexing.config import INDEX_FORMAT_VERSION, IndexConfig, hnsw_of, ivf_of, unwrap
 from foundations.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -200,7 +200,7 @@ class GpuCloneSettings:
 
 def gpu_clone_settings(index: faiss.Index) -> GpuCloneSettings:
     """Cloner settings that keep ``index`` as exact on GPU as on CPU (see :class:`GpuCloneSettings`)."""
-    inner = unwrap_index(index)
+    inner = unwrap(index)
     if isinstance(inner, faiss.IndexIVFPQ):
         return GpuCloneSettings(True, False, "IVF-PQ: fp16 lookup tables (faiss GPU guideline); codes unchanged")
     return GpuCloneSettings(False, False, f"{type(inner).__name__}: stored vectors stay as on CPU (a Flat index "
@@ -232,14 +232,6 @@ def to_gpu(index: faiss.Index, nprobe: int | None = None) -> faiss.Index:
     if nprobe is not None and ivf_of(index) is not None:
         faiss.GpuParameterSpace().set_index_parameter(gpu_index, "nprobe", nprobe)
     return gpu_index
-
-
-def unwrap_index(index: faiss.Index) -> faiss.Index:
-    """The concrete index under OPQ/PCA pre-transforms (downcast)."""
-    inner = faiss.downcast_index(index)
-    while isinstance(inner, faiss.IndexPreTransform):
-        inner = faiss.downcast_index(inner.index)
-    return inner
 
 
 def storage_of(index: faiss.Index) -> dict[str, Any]:

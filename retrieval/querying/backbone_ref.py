@@ -87,9 +87,9 @@ def encoder_record(encoder_dir: str | Path) -> tuple[dict[str, Any], str] | None
     if train_config.is_file():
         features = json.loads(train_config.read_text(encoding="utf-8")).get("data", {}).get("query_features")
         if features and Path(features).is_file():
-            from feature_extraction.store import FeatureStore
+            from feature_extraction.readers import open_features
 
-            with FeatureStore.open(features) as store:
+            with open_features(features) as store:
                 record = record_from_attrs(store.attrs)
             if record is not None:
                 return record, f"{features} (query features of {train_config})"

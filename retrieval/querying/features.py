@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from feature_extraction.store import FeatureStore
+from feature_extraction.readers import open_features
 from vlt5.inputs import VisualInputConfig, grid_hw_of, text_inputs, visual_inputs
 from vlt5.query_encoder import QueryEncoder
 
@@ -30,7 +31,7 @@ logger = logging.getLogger(__name__)
 
 def open_store(store: FeatureStore | str | Path) -> FeatureStore:
     """``store`` itself, or the feature file at that path opened."""
-    return FeatureStore.open(store) if isinstance(store, str | Path) else store
+    return open_features(store) if isinstance(store, str | Path) else store
 
 
 class QueryCollator:

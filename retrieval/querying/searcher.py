@@ -9,8 +9,9 @@ article hands its score to all of its passages, in rank order; ViQuAE extends th
 once it holds k passages (so its list may run past k). Here the list is cut at exactly k; passages of one article
 keep the order of the passages file. As in meerqat, the n-th passage of the list (0-based) scores its article's
 score minus ``n·ε`` (:data:`PASSAGE_EPSILON`): the list is strictly decreasing, so a TREC file, ranx or a fusion
-that sorts by score keeps this order instead of breaking the ties of one article by docid (``'1000'`` < ``'998'``). With several images per article (index ids ``{article}{sep}{n}``,
-``--article-sep``) a passage keeps the best of its article's image scores: the max.
+that sorts by score keeps this order instead of breaking the ties of one article by docid (``'1000'`` < ``'998'``).
+With several images per article (index ids ``{article}{sep}{n}``, ``--article-sep``) a passage keeps the best of its
+article's image scores: the max.
 """
 
 from __future__ import annotations

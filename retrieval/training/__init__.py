@@ -6,8 +6,16 @@ config, data, the retrieval task, evaluation and baselines. The command line is 
 """
 
 from retrieval.training.baselines import baseline_table, clip_vectors, format_table
-from retrieval.training.config import (AdapterConfig, DataConfig, EvalConfig, InputsConfig, LoopConfig,
-                                       ModelConfig, OptimConfig, TrainConfig)
+from retrieval.training.config import (
+                                       AdapterConfig,
+                                       DataConfig,
+                                       EvalConfig,
+                                       InputsConfig,
+                                       LoopConfig,
+                                       ModelConfig,
+                                       OptimConfig,
+                                       TrainConfig,
+)
 from retrieval.training.data import KBVectors, load_kb, load_queries, open_features
 from retrieval.training.evaluation import evaluate_encoder, evaluate_vectors, flat_index
 from retrieval.training.task import RetrievalTask, build_task

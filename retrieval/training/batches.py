@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from feature_extraction.readers import open_features as read_feature_file
 from feature_extraction.store import FeatureStore, MemoryFeatureStore
 from retrieval.formats import Query
 from vlt5.inputs import VisualInputConfig, grid_hw_of, visual_inputs
@@ -99,7 +100,7 @@ class EpochBatches(Dataset):
 
     def store(self) -> FeatureStore:
         if self._store is None or self._pid != os.getpid():  # a DataLoader worker opens the file itself
-            self._store = self.memory if self.memory is not None else FeatureStore.open(self.store_path)
+            self._store = self.memory if self.memory is not None else read_feature_file(self.store_path)
             self._pid = os.getpid()
         return self._store
 

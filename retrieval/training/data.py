@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from feature_extraction.readers import open_features as read_feature_file
 from feature_extraction.store import FeatureFileError, FeatureStore, MemoryFeatureStore
 from retrieval.formats import KBEntry, Query, read_kb, read_queries
 from foundations.errors import UserError
@@ -50,7 +51,7 @@ def _kb_rows(entries: list[KBEntry], store: FeatureStore, use_image_path: bool) 
 
 
 def _side_vectors(entries: list[KBEntry], path: str, image: bool) -> np.ndarray:
-    store = FeatureStore.open(path)
+    store = read_feature_file(path)
     try:
         keys = _kb_rows(entries, store, image)
         missing = [e.id for e, k in zip(entries, keys) if k is None]
@@ -112,7 +113,7 @@ def feature_bytes(store: FeatureStore) -> int:
 
 
 def open_features(path: str, cache: str = "auto", max_gb: float = 4.0) -> FeatureStore:
-    store = FeatureStore.open(path)
+    store = read_feature_file(path)
     if cache == "yes" or (cache == "auto" and feature_bytes(store) <= max_gb * 2**30):
         memory = MemoryFeatureStore.from_store(store)
         store.close()

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from feature_extraction.store import FeatureStore
-from retrieval.metrics import evaluate_run
+from retrieval.metrics import evaluate_run, metric_depth
 from retrieval.formats import Query, Run, qrels_from_queries
 from retrieval.indexing import Index, IndexConfig, build_index
 from retrieval.querying.features import encode_with_features
@@ -37,16 +37,12 @@ def search_run(index: Index, query_ids: Sequence[str], query_vectors: np.ndarray
             for qid, row_ids, row_scores in zip(query_ids, ids, scores)}
 
 
-def metric_depth(metrics: Sequence[str]) -> int:
-    return max([int(m.split("@")[1]) for m in metrics if "@" in m] or [100])
-
-
 def evaluate_vectors(query_vectors: np.ndarray, queries: Sequence[Query], index: Index,
                      metrics: Sequence[str] = DEFAULT_METRICS, name: str = "run") -> dict[str, float]:
     """Mean metrics of precomputed query vectors (row i = ``queries[i]``) against a KB index."""
     if len(query_vectors) != len(queries):
         raise ValueError(f"{len(query_vectors)} query vectors for {len(queries)} queries")
-    run = search_run(index, [q.id for q in queries], query_vectors, metric_depth(metrics))
+    run = search_run(index, [q.id for q in queries], query_vectors, metric_depth(metrics, len(index)))
     return evaluate_run(run, qrels_from_queries(queries), list(metrics), name=name)  # type: ignore[return-value]
 
 

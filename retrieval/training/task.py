@@ -28,7 +28,9 @@ from torch import Tensor, nn
 
 from engine import DistEnv, Task, user_errors
 from engine.distributed import gather_objects
+from feature_extraction.readers import open_features as read_feature_file
 from feature_extraction.store import FeatureStore
+from foundations.errors import UserError
 from retrieval.formats import Query
 from retrieval.losses import build_candidates, dpr_loss
 from retrieval.training.baselines import baseline_table, format_table
@@ -39,7 +41,6 @@ from retrieval.training.evaluation import encode_queries, evaluate_vectors, flat
 from retrieval.training.model import build_encoder, optimizer_groups
 from vlt5 import QueryEncoder
 from vlt5.checkpoint import WEIGHTS_NAME
-from foundations.errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -59,8 +60,9 @@ class RetrievalTask(Task):
     ``kb_vectors`` is a plain attribute on ``env.device``, not a buffer: never saved nor broadcast by DDP."""
 
     def __init__(self, encoder: QueryEncoder, kb: KBVectors, splits: dict[str, list[Query]], store: FeatureStore,
-                 cfg: TrainConfig, env: DistEnv = DistEnv(), questions: FeatureStore | None = None) -> None:
+                 cfg: TrainConfig, env: DistEnv | None = None, questions: FeatureStore | None = None) -> None:
         super().__init__()
+        env = env or DistEnv()
         self.encoder = encoder
         self.log_temperature = nn.Parameter(torch.tensor(math.log(cfg.optim.temperature)),
                                             requires_grad=cfg.optim.learn_temperature)
@@ -181,9 +183,10 @@ class RetrievalTask(Task):
             self.log_temperature.copy_(state["log_temperature"])
 
 
-def build_task(cfg: TrainConfig, env: DistEnv = DistEnv()) -> RetrievalTask:
+def build_task(cfg: TrainConfig, env: DistEnv | None = None) -> RetrievalTask:
     """Load the KB vectors, queries and features of ``cfg``, build the encoder; on ``env.device``. A problem with
     the user's files or flags raises :class:`foundations.errors.UserError`."""
+    env = env or DistEnv()
     with user_errors():
         kb = load_kb(cfg.data.kb, cfg.data.kb_features, cfg.data.kb_text_features, cfg.data.kb_side)
         store = open_features(cfg.data.query_features, cfg.data.cache_features, cfg.data.cache_max_gb)
@@ -192,7 +195,7 @@ def build_task(cfg: TrainConfig, env: DistEnv = DistEnv()) -> RetrievalTask:
         for split in ("dev", "test"):
             if getattr(cfg.data, f"{split}_queries"):
                 splits[split] = load_queries(getattr(cfg.data, f"{split}_queries"), kb_ids, store, split)
-        questions = FeatureStore.open(cfg.data.question_features) if cfg.data.question_features else None
+        questions = read_feature_file(cfg.data.question_features) if cfg.data.question_features else None
         n, batch, accum = len(splits["train"]), cfg.data.batch_size, cfg.optim.grad_accum
         if n // batch // accum == 0:
             raise UserError(f"{cfg.data.train_queries}: {n} queries make no optimizer step of {batch} x {accum} "

@@ -45,7 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not sep or not name or not directory:
             raise UsageError(f"--encoder expects NAME=DIR, got {spec!r}")
         specs.append((name, directory))
-    from feature_extraction.store import FeatureStore
+    from feature_extraction.readers import open_features as open_feature_file
     from foundations.config import save_json
     from retrieval.training.baselines import baseline_table, format_table
     from retrieval.training.data import load_queries, open_features
@@ -53,7 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     kb = kb_from_args(args)
     query_store = open_features(args.query_features) if args.query_features else None
-    question_store = FeatureStore.open(args.question_features) if args.question_features else None
+    question_store = open_feature_file(args.question_features) if args.question_features else None
     queries = load_queries(args.queries, set(kb.ids), query_store, "eval")
     encoders = {name: QueryEncoder.from_pretrained(directory) for name, directory in specs}
     table = baseline_table(queries, kb, query_store, question_store, encoders, args.metrics, args.batch_size)

@@ -17,7 +17,7 @@ from foundations.cli import CLIParser, command, setup_logging
 
 def build_parser() -> CLIParser:
     p = CLIParser(prog="vlt5r export-vladapter", description=__doc__)
-    p.add_argument("features", type=Path, help="feature file (or any layout FeatureStore.open reads)")
+    p.add_argument("features", type=Path, help="feature file (or any layout feature_extraction.readers.open_features reads)")
     p.add_argument("out_dir", type=Path, help="folder for {id}.h5 grid files")
     p.add_argument("--fc-dir", type=Path, help="also write the pooled vectors here, as (1, D)")
     return p
@@ -28,9 +28,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging()
     from feature_extraction.export_vladapter import export_vladapter
-    from feature_extraction.store import FeatureStore
+    from feature_extraction.readers import open_features
 
-    with FeatureStore.open(args.features) as store:
+    with open_features(args.features) as store:
         n = export_vladapter(store, args.out_dir, args.fc_dir)
     print(f"exported {n} items to {args.out_dir}")
     return 0

@@ -77,18 +77,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         refuse_overwrite(args.out, args.overwrite)
     from retrieval.formats import load_qrels, read_trec_run, write_trec_run
     from retrieval.fusion import fuse, tune_weights
-    from retrieval.metrics import evaluate_run
 
     runs = [read_trec_run(p) for p in args.runs]
     if args.command == "fit":
         qrels = load_qrels(args.qrels)
-        result = tune_weights(runs, qrels, metric=args.metric, step=args.step, defmin=not args.no_defmin)
-        metric = result["metric"]
-        singles = {p.name: evaluate_run(r, qrels, [metric])[metric] for p, r in zip(args.runs, runs)}
-        result = {**result, "runs": [str(p) for p in args.runs], "single_run_scores": singles}
-        for name, score in singles.items():
+        result = tune_weights(runs, qrels, metric=args.metric, step=args.step, defmin=not args.no_defmin,
+                              names=[p.name for p in args.runs])
+        result = {**result, "runs": [str(p) for p in args.runs]}
+        for name, score in result["single_run_scores"].items():
             print(f"{name:<32} {result['metric']} {score:.4f}")
         print(f"{'fusion ' + str(result['weights']):<32} {result['metric']} {result['dev_score']:.4f}")
+        print(f"(all on the same {result['dev_queries']} of {result['judged_queries']} judged queries)")
         if args.out:
             from foundations.config import save_json
 

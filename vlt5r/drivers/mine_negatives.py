@@ -47,7 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise UsageError("--out must differ from --queries (the input is read while writing)")
     refuse_overwrite(args.out, args.overwrite)
     setup_logging(quiet=True)
-    from feature_extraction.store import FeatureStore
+    from feature_extraction.readers import open_features as open_feature_file
     from retrieval.mining import mine_queries, write_mined
     from retrieval.training.baselines import CLIP_SOURCES, clip_vectors
     from retrieval.training.data import load_queries, open_features
@@ -62,7 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     query_store = open_features(args.query_features) if args.query_features else None
     queries = load_queries(str(args.queries), set(kb.ids), query_store if need_images else None, "mining")
     if args.encoder in CLIP_SOURCES:
-        questions = FeatureStore.open(args.question_features) if args.question_features else None
+        questions = open_feature_file(args.question_features) if args.question_features else None
         vectors = clip_vectors(args.encoder, queries, query_store, questions, kb.dim)
     else:
         from vlt5 import QueryEncoder

@@ -99,12 +99,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             print(format_hits(hits))
         return 0
-    from feature_extraction.store import FeatureStore
+    from feature_extraction.readers import open_features
     from retrieval.formats import read_queries, write_trec_run
 
     queries = read_queries(args.queries)
-    features = FeatureStore.open(args.query_features) if args.query_features else None
-    text_features = FeatureStore.open(args.query_text_features) if args.query_text_features else None
+    features = open_features(args.query_features) if args.query_features else None
+    text_features = open_features(args.query_text_features) if args.query_text_features else None
     run = search_queries(searcher, queries, features, text_features, args.k, args.batch_size,
                          progress=not args.no_progress)
     args.out.parent.mkdir(parents=True, exist_ok=True)

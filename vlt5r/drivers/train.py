@@ -4,7 +4,7 @@ examples:
   vlt5r train --kb kb.jsonl --kb-features kb.h5 --train-queries train.jsonl --dev-queries dev.jsonl \
       --test-queries test.jsonl --query-features scenes.h5 --question-features questions.h5 \
       --init random --tokenizer tok/ --out runs/x
-  vlt5r train --init vlt5:snap/pretrain/VLT5/Epoch30.pth --tokenizer t5-base/ --adapters houlsby \
+  vlt5r train --init vlt5:snap/pretrain/VLT5/Epoch30.pth --tokenizer t5-base/ --method houlsby \
       --pool-grid-to 6 --precision bf16 ...same data flags...
   torchrun --nproc_per_node 4 -m vlt5r train ...same flags...     # DDP, negatives gathered across ranks
   vlt5r train --config runs/x/config.json --epochs 20 --out runs/y   # a saved config, some fields overridden
