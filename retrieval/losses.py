@@ -7,6 +7,9 @@
 * :func:`build_candidates` — the pool: the union, without repeats, of every query's positives and hard
   negatives in the (global) batch, and which of them are positives of which query. A KB entry that is one
   query's positive is an in-batch negative for every other query, unless it is also one of *their* positives.
+* :func:`kb_candidates` — KB-wide negatives: the KB side is frozen vectors, so a query can be scored against the
+  whole KB (``negatives="all"``) or against the batch pool plus ``n_sampled`` random KB rows, at the cost of one
+  matmul; each rank scores its own queries (no gather needed).
 * :func:`clip_loss` — the symmetric image↔text InfoNCE of CLIP (Radford et al. 2021, Fig. 3), with soft
   targets when a batch holds several items of the same class (used to pre-train the demo's tiny CLIP).
 
@@ -23,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from foundations.errors import UserError
 
-__all__ = ["build_candidates", "dpr_loss", "clip_loss"]
+__all__ = ["build_candidates", "dpr_loss", "kb_candidates", "clip_loss"]
 
 
 def build_candidates(positives: Sequence[Sequence[str]], hard_negatives: Sequence[Sequence[str]] | None = None,
@@ -47,6 +50,34 @@ def build_candidates(positives: Sequence[Sequence[str]], hard_negatives: Sequenc
             raise UserError(f"query {i} of the batch has no positive")
         mask[r, [index[p] for p in positives[i]]] = True
     return list(index), mask
+
+
+def kb_candidates(positive_rows: Sequence[Sequence[int]], pool_rows: Sequence[int], n_kb: int, mode: str,
+                  n_sampled: int = 0, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    """KB rows to score and the (Q, C) positive mask, for KB-wide negatives.
+
+    ``positive_rows[i]``: KB rows of query i's positives; ``pool_rows``: the batch pool (positives + hard negatives
+    of the batch, :func:`build_candidates` mapped to rows). ``mode="all"``: every KB row (C = ``n_kb``, in row
+    order). ``mode="batch"``: the pool followed by ``n_sampled`` distinct random rows not in it (drawn with
+    ``generator``). Returns ``(rows (C,) long, mask (Q, C) bool)``.
+    """
+    if mode == "all":
+        rows = torch.arange(n_kb)
+    else:
+        rows = torch.as_tensor(list(pool_rows), dtype=torch.long)
+        if n_sampled > 0:
+            free = torch.ones(n_kb, dtype=torch.bool)
+            free[rows] = False
+            candidates = free.nonzero().squeeze(1)
+            pick = torch.randperm(len(candidates), generator=generator)[:n_sampled]
+            rows = torch.cat([rows, candidates[pick]])
+    column = {int(r): c for c, r in enumerate(rows.tolist())}
+    mask = torch.zeros(len(positive_rows), len(rows), dtype=torch.bool)
+    for i, positives in enumerate(positive_rows):
+        if not positives:
+            raise UserError(f"query {i} of the batch has no positive")
+        mask[i, [column[r] for r in positives]] = True
+    return rows, mask
 
 
 def dpr_loss(queries: Tensor, candidates: Tensor, positive_mask: Tensor, temperature: Tensor | float) -> Tensor:

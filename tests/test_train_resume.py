@@ -23,7 +23,8 @@ from engine.checkpoint import KILL_ENV
 pytestmark = pytest.mark.slow
 
 EXTRA = ["--dropout", "0.1", "--grad-accum", "2", "--epochs", "3", "--save-every", "2", "--learn-temperature",
-         "--log-every", "1", "--warmup-steps", "2", "--schedule", "cosine"]
+         "--log-every", "1", "--warmup-steps", "2", "--schedule", "cosine",
+         "--negatives", "batch", "--kb-negatives", "3"]  # sampled hard negatives and sampled KB rows must replay
 
 
 def step_of(checkpoint: Path) -> int:

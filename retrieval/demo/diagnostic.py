@@ -13,6 +13,8 @@ of the scene (by colour or by shape) and a relation, and asks for the object in 
   scene's objects first, MRR <= (1 + 1/2 + 1/3 + 1/4) / 4 = 0.52).
 * Changing one word ("left of" -> "diagonally across from", or the anchor) changes the answer for the same image:
   a model that ignores the question cannot beat the image-only bound.
+* ``position_share`` mixes in one-hop questions by position ("the object in the top left corner"): the same
+  properties (the text names no entity, the image alone is ambiguous), easier to learn (the tests' small budget).
 
 Files: the demo task's (``kb.jsonl``, ``queries.{train,dev,test}.jsonl`` with ``"kind": "relation"`` and the
 ``relation`` / ``anchor`` used, ``questions.jsonl``, ``task.json``) plus ``scenes.jsonl`` (``{"id", "objects":
@@ -35,7 +37,7 @@ import numpy as np
 
 from foundations.errors import UserError
 from foundations.rows import normalise_rows
-from retrieval.demo.task import (COLORS, SHAPES, SPLITS, Entity, draw_scene_entities, entities, hard_negatives,
+from retrieval.demo.task import (COLORS, POSITIONS, SHAPES, SPLITS, Entity, draw_scene_entities, entities, hard_negatives,
                                  kb_record, reference_image, scene_image)
 
 logger = logging.getLogger(__name__)
@@ -66,10 +68,13 @@ class DiagnosticTaskConfig:
     train_scenes: int = 600
     dev_scenes: int = 50
     test_scenes: int = 100
+    position_share: float = 0.0  # questions asked by position ("the object in the top left corner"): one hop
 
     def __post_init__(self) -> None:
         if min(self.train_scenes, self.dev_scenes, self.test_scenes) < 1:
             raise UserError("every split needs at least one scene")
+        if not 0.0 <= self.position_share <= 1.0:
+            raise UserError(f"position_share must be in [0, 1], got {self.position_share}")
 
 
 def relational_question(objects: list[Entity], target: int, rng: np.random.Generator) -> tuple[str, str, str]:
@@ -93,10 +98,15 @@ def split_scenes(cfg: DiagnosticTaskConfig, split: str, ents: list[Entity]
         scene_id = f"{split}-{n:05d}"
         records = []
         for target in range(4):
-            question, relation, anchor = relational_question(objects, target, rng)
+            if rng.random() < cfg.position_share:
+                question, relation, anchor = f"What is the name of the object in the {POSITIONS[target]} corner?", \
+                    "position", POSITIONS[target]
+            else:
+                question, relation, anchor = relational_question(objects, target, rng)
             records.append({"id": f"{scene_id}-q{target}", "question": question, "image": scene_id,
                             "positives": [objects[target].id],
-                            "hard_negatives": hard_negatives(objects, target, ents), "kind": "relation",
+                            "hard_negatives": hard_negatives(objects, target, ents),
+                            "kind": "position" if relation == "position" else "relation",
                             "relation": relation, "anchor": anchor})
         yield scene_id, objects, rng, records
 
@@ -176,12 +186,14 @@ def synthetic_features(task_dir: str | Path, out_dir: str | Path, dim: int = 48,
         fcs.append(vectors.mean(0) + noise * rng.standard_normal(dim) / np.sqrt(dim))
         grids.append(vectors @ project + noise * rng.standard_normal((4, grid_dim)) / np.sqrt(grid_dim))
     relation_vec = {r: rng.standard_normal(dim) for r in sorted(set(RELATIONS.values()))}
+    relation_vec["position"] = np.zeros(dim)
+    position_vec = {x: rng.standard_normal(dim) for x in POSITIONS}
     q_ids, q_vecs = [], []
     for split in SPLITS:
         for line in (task_dir / f"queries.{split}.jsonl").read_text().splitlines():
             q = json.loads(line)
             word = q["anchor"].removesuffix(" one")
-            attribute = shape_vec[word] if word in shape_vec else color_vec[word]
+            attribute = shape_vec.get(word, color_vec.get(word, position_vec.get(word)))
             q_ids.append(q["id"])
             q_vecs.append(attribute + 0.5 * relation_vec[q["relation"]] + 0.3 * rng.standard_normal(dim))
     common = {"backbone": f"synthetic-diagnostic-{seed}", "backbone_sha256": f"synthetic-{seed}"}

@@ -38,6 +38,7 @@ ADAPTERS = ("none", "houlsby", "lora", "prompt")
 POOLINGS = ("mean", "first", "attention")
 BOXES = ("zero", "grid_cells")
 CACHE = ("auto", "yes", "no")
+NEGATIVES = ("all", "batch")
 
 
 def _help(text: str, **extra: Any) -> Any:
@@ -66,10 +67,17 @@ class DataConfig:
     cache_features: str = field(default="auto", metadata=_help(
         "hold the query feature file in memory (auto: if under cache_max_gb)", choices=CACHE))
     cache_max_gb: float = field(default=4.0, metadata=_help("size limit for cache_features=auto"))
+    negatives: str = field(default="all", metadata=_help(
+        "candidates each query is scored against: all = the whole KB (its vectors are frozen: one matmul), "
+        "batch = the batch's positives and hard negatives (+ --kb-negatives random KB rows)", choices=NEGATIVES))
+    kb_negatives: int = field(default=0, metadata=_help("with --negatives batch: random KB rows added per step"))
 
     def __post_init__(self) -> None:
         _choice(self, "kb_side", KB_SIDES)
         _choice(self, "cache_features", CACHE)
+        _choice(self, "negatives", NEGATIVES)
+        if self.kb_negatives < 0:
+            raise ConfigError(f"data.kb_negatives must be >= 0, got {self.kb_negatives}")
         if self.batch_size < 1 or self.hard_negatives < -1 or self.num_workers < 0 or self.prefetch < 1:
             raise ConfigError("data: batch_size >= 1, hard_negatives >= -1, num_workers >= 0 and prefetch >= 1 "
                               f"(got {self.batch_size}, {self.hard_negatives}, {self.num_workers}, {self.prefetch})")
@@ -201,6 +209,12 @@ class EvalConfig:
     encode_batch_size: int = field(default=128, metadata=_help("queries per batch when encoding for evaluation"))
     baselines: bool = field(default=True, metadata=_help(
         "before training, evaluate CLIP image-only / text-only and the untrained encoder (dev and test)"))
+    reference: bool = field(default=True, metadata=_help(
+        "after training, train the generic reference encoder (a standard transformer over the same inputs) "
+        "with the same data, loss and budget, for the test comparison"))
+    diagnostics: bool = field(default=True, metadata=_help(
+        "test the trained encoder with questions (and images) shuffled within the split: a model that "
+        "ignores a modality shows no drop"))
 
     def __post_init__(self) -> None:
         self.recall_at = tuple(int(k) for k in self.recall_at)

@@ -1,7 +1,8 @@
 """The generic reference encoder every comparison table shows beside the joint encoder (issue 10).
 
 A small standard transformer — ``torch.nn.TransformerEncoder`` (pre-norm, GELU), learned absolute positions, a
-learned type embedding for text vs visual tokens, masked mean pooling, a linear head into CLIP's space — over
+learned type embedding for text vs visual tokens (embeddings initialised N(0, 0.02) as BERT / GPT-2, visual
+tokens layer-normalised after their projection), masked mean pooling, a linear head into CLIP's space — over
 *exactly* the inputs the joint encoder gets (the same question tokens, grid tokens, fc token and boxes from the
 same collator), trained by the same task, loss, data order and budget. It is the "is the VL-T5 machinery earning
 its complexity?" row: a joint encoder that scores below it, or that does not drop when the questions are
@@ -72,8 +73,11 @@ class GenericQueryEncoder(nn.Module):
         layer = nn.TransformerEncoderLayer(d, config.num_heads, config.d_ff, config.dropout, activation="gelu",
                                            batch_first=True, norm_first=True)
         self.encoder = nn.TransformerEncoder(layer, config.num_layers, enable_nested_tensor=False)
+        self.visual_norm = nn.LayerNorm(d)  # features of any scale enter at the scale of the embeddings
         self.norm = nn.LayerNorm(d)
         self.head = nn.Linear(d, config.proj_dim)
+        for table in (self.token_embedding, self.type_embedding, self.position_embedding):
+            nn.init.normal_(table.weight, std=0.02)  # BERT / GPT-2's embedding init (torch's default is N(0, 1))
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, vis_feats: Tensor | None = None,
                 vis_boxes: Tensor | None = None, fc_feats: Tensor | None = None, fc_boxes: Tensor | None = None,
@@ -83,13 +87,13 @@ class GenericQueryEncoder(nn.Module):
         parts, masks, types = [self.token_embedding(input_ids)], [mask], [0]  # (B, L, d)
         if vis_feats is not None:
             boxes = vis_boxes if vis_boxes is not None else vis_feats.new_zeros(*vis_feats.shape[:2], 4)
-            parts.append(self.feat_embedding(vis_feats) + self.box_embedding(_with_area(boxes)))  # (B, T, d)
+            parts.append(self.visual_norm(self.feat_embedding(vis_feats) + self.box_embedding(_with_area(boxes))))
             masks.append(mask.new_ones(vis_feats.shape[:2]))
             types.append(1)
         if fc_feats is not None:  # its own projection, or the grid's when the widths match (as the joint encoder)
             project = self.fc_embedding if self.fc_embedding is not None else self.feat_embedding
             boxes = fc_boxes if fc_boxes is not None else fc_feats.new_zeros(len(fc_feats), 4)
-            parts.append((project(fc_feats) + self.box_embedding(_with_area(boxes)))[:, None])  # (B, 1, d)
+            parts.append(self.visual_norm(project(fc_feats) + self.box_embedding(_with_area(boxes)))[:, None])
             masks.append(mask.new_ones(len(fc_feats), 1))
             types.append(1)
         type_ids = torch.cat([torch.full(p.shape[:2], t, dtype=torch.long, device=p.device)

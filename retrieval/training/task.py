@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +33,10 @@ from feature_extraction.readers import open_features as read_feature_file
 from feature_extraction.store import FeatureStore
 from foundations.errors import UserError
 from retrieval.formats import Query
-from retrieval.losses import build_candidates, dpr_loss
+from retrieval.losses import build_candidates, dpr_loss, kb_candidates
+from foundations.config import save_json
 from retrieval.training.baselines import baseline_table, format_table
+from retrieval.training.diagnostics import diagnostic_queries, verdict
 from retrieval.training.batches import EpochBatches, TokenizedQuestions, make_loader
 from retrieval.training.config import TrainConfig
 from retrieval.training.data import KBVectors, feature_dims, load_kb, load_queries, open_features
@@ -99,17 +102,32 @@ class RetrievalTask(Task):
 
     def training_forward(self, batch: dict[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
         queries = self.encoder(**batch["inputs"])  # (Q, D)
-        ids, mask = self.candidate_pool(batch["positives"], batch["negatives"])  # C ids, (Q, C)
-        rows = torch.tensor([self.kb_row[i] for i in ids], device=self.kb_vectors.device)  # (C,)
-        candidates = self.kb_vectors[rows]  # (C, D)
+        rows, mask = self.candidates(batch)  # (C,), (Q, C)
+        candidates = self.kb_vectors[rows.to(self.kb_vectors.device)]  # (C, D)
+        mask = mask.to(queries.device)
         tau = self.log_temperature.exp()
-        loss = dpr_loss(queries, candidates, mask.to(queries.device), tau)
+        loss = dpr_loss(queries, candidates, mask, tau)
         with torch.no_grad():
-            scores = queries.float() @ candidates.T  # (Q, C)
-            top = scores.argmax(dim=1)  # (Q,)
-            accuracy = mask.to(queries.device).gather(1, top[:, None]).float().mean()
+            top = (queries.float() @ candidates.T).argmax(dim=1)  # (Q,)
+            accuracy = mask.gather(1, top[:, None]).float().mean()
         return loss, {"loss": loss.detach(), "in_batch_accuracy": accuracy,
-                      "candidates": torch.tensor(float(len(ids))), "temperature": tau.detach()}
+                      "candidates": torch.tensor(float(len(rows))), "temperature": tau.detach()}
+
+    def candidates(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor]:
+        """KB rows this rank's queries are scored against and the (Q, C) positive mask: the whole KB
+        (``data.negatives="all"``), or the (global) batch pool plus ``data.kb_negatives`` random KB rows drawn
+        from a generator seeded by the run seed and the batch's query ids (deterministic: resume-exact)."""
+        data = self.cfg.data
+        positive_rows = [[self.kb_row[p] for p in pos] for pos in batch["positives"]]
+        if data.negatives == "all":
+            return kb_candidates(positive_rows, [], len(self.kb_row), "all")
+        ids, _ = self.candidate_pool(batch["positives"], batch["negatives"])
+        generator = None
+        if data.kb_negatives:
+            key = zlib.crc32("\n".join(batch.get("query_ids", [])).encode()) ^ self.cfg.loop.seed
+            generator = torch.Generator().manual_seed(key)
+        return kb_candidates(positive_rows, [self.kb_row[i] for i in ids], len(self.kb_row), "batch",
+                             data.kb_negatives, generator)
 
     def param_groups(self) -> list[dict[str, Any]]:
         return optimizer_groups(self.encoder, self.log_temperature, self.cfg.optim)
@@ -131,10 +149,8 @@ class RetrievalTask(Task):
         return batch
 
     # -- evaluation ----------------------------------------------------------------------------------------------
-    def evaluate_split(self, split: str, encoder: QueryEncoder | None = None) -> dict[str, float]:
-        vectors = encode_queries(encoder or self.encoder, self.splits[split], self.store,
-                                 self.cfg.eval.encode_batch_size)
-        return evaluate_vectors(vectors, self.splits[split], self.kb_index, self.cfg.eval.metrics, name="joint")
+    def evaluate_split(self, split: str, encoder: Any = None) -> dict[str, float]:
+        return self.evaluate_queries(self.splits[split], encoder or self.encoder)
 
     def evaluate(self) -> dict[str, float] | None:
         return self.evaluate_split("dev") if "dev" in self.splits else None
@@ -151,18 +167,26 @@ class RetrievalTask(Task):
             logger.info("baselines on %s before training:\n%s", split, format_table(table))
 
     def test(self, best: Path | None) -> dict[str, float] | None:
-        """The best encoder on test; the comparison table with the baselines goes to ``comparison.json``."""
+        """The best encoder on test, with the shuffled-question / shuffled-image diagnostics; the comparison
+        table with the baselines goes to ``comparison.json``."""
         if "test" not in self.splits:
             return None
         final = QueryEncoder.from_pretrained(best).to(self.env.device) if best is not None else self.encoder
-        joint = self.evaluate_split("test", final)
+        queries = self.splits["test"]
+        joint = self.evaluate_queries(queries, final)
         run_dir = Path(self.cfg.loop.out)
         before = run_dir / "baselines.json"
         self.comparison = {**(json.loads(before.read_text()).get("test", {}) if before.is_file() else {}),
                            "joint": joint}
-        (run_dir / "comparison.json").write_text(json.dumps(self.comparison, indent=2) + "\n")
-        logger.info("test split (%d queries):\n%s", len(self.splits["test"]), format_table(self.comparison))
+        if self.cfg.eval.diagnostics:
+            for suffix, shuffled in diagnostic_queries(queries, self.cfg.loop.seed).items():
+                self.comparison[f"joint_{suffix}"] = self.evaluate_queries(shuffled, final)
+        write_comparison(run_dir, self.comparison, self.cfg.eval.select_metric, len(queries))
         return joint
+
+    def evaluate_queries(self, queries: list[Query], encoder: Any) -> dict[str, float]:
+        vectors = encode_queries(encoder, queries, self.store, self.cfg.eval.encode_batch_size)
+        return evaluate_vectors(vectors, queries, self.kb_index, self.cfg.eval.metrics, name="joint")
 
     # -- files -----------------------------------------------------------------------------------------------------
     def save_model(self, directory: Path) -> None:
@@ -202,3 +226,67 @@ def build_task(cfg: TrainConfig, env: DistEnv | None = None) -> RetrievalTask:
                              "(batch size x grad_accum)")
         encoder = build_encoder(cfg.model, *feature_dims(store), kb.dim).to(env.device)
         return RetrievalTask(encoder, kb, splits, store, cfg, env, questions).to(env.device)
+
+
+def write_comparison(run_dir: Path, table: dict[str, dict[str, float]], metric: str, n_queries: int) -> None:
+    """``comparison.json`` and the logged table with the diagnostics' verdict under it."""
+    save_json(run_dir / "comparison.json", table)
+    text = "\n".join([format_table(table), *verdict(table, metric)])
+    logger.info("test split (%d queries):\n%s", n_queries, text)
+
+
+class ReferenceTask(RetrievalTask):
+    """The generic reference encoder (:mod:`retrieval.training.reference`) trained by the same task: same data
+    order, candidates, loss, temperature and budget; one AdamW group at ``optim.lr_head``."""
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        wd = self.cfg.optim.weight_decay
+        return [{"name": "reference", "params": [p for p in self.encoder.parameters() if p.requires_grad],
+                 "lr": self.cfg.optim.lr_head, "weight_decay": wd},
+                {"name": "temperature", "params": [self.log_temperature], "lr": self.cfg.optim.lr_head,
+                 "weight_decay": 0.0}]
+
+    def on_fresh_start(self, run_dir: Path) -> None:
+        return None
+
+    def save_model(self, directory: Path) -> None:
+        self.encoder.save_pretrained(directory)
+
+    def load_model(self, directory: Path) -> None:
+        self.encoder.load_state_dict(load_file(str(directory / "model.safetensors")))
+
+    def test(self, best: Path | None) -> dict[str, float] | None:
+        if "test" not in self.splits:
+            return None
+        if best is not None:
+            self.load_model(best)
+        return self.evaluate_split("test")
+
+
+def train_reference(task: RetrievalTask, env: DistEnv) -> dict[str, float] | None:
+    """Train the generic reference beside ``task``'s encoder (``OUT/reference``, resumable like any run) and add
+    its test row to ``comparison.json``; returns that row (rank 0) or None."""
+    import dataclasses
+
+    import engine
+    from retrieval.training.reference import reference_like
+
+    cfg = task.cfg
+    loop = dataclasses.replace(cfg.loop, out=str(Path(cfg.loop.out) / "reference"), resume="auto",
+                               save_init=False)
+    sub_cfg = dataclasses.replace(cfg, loop=loop)
+    torch.manual_seed(cfg.loop.seed)  # the same initial weights on every rank
+    if cfg.model.init == "random":  # the same width, depth, heads and dropout as the joint encoder
+        model = task.encoder.config.model
+        reference = reference_like(task.encoder, d_model=model.d_model, num_layers=model.num_layers,
+                                   num_heads=model.num_heads, dropout=model.dropout_rate)
+    else:  # a pretrained encoder: the small standard transformer (d 128, 2 layers, 4 heads)
+        reference = reference_like(task.encoder)
+    reference = ReferenceTask(reference.to(env.device), task.kb, task.splits, task.store,
+                              sub_cfg, env).to(env.device)
+    fitted = engine.fit(reference, loop, cfg.optim, sub_cfg.to_dict(), env)
+    if not env.is_main or fitted.test is None or "test" not in task.splits:
+        return None
+    task.comparison["generic_reference"] = fitted.test
+    write_comparison(Path(cfg.loop.out), task.comparison, cfg.eval.select_metric, len(task.splits["test"]))
+    return fitted.test

@@ -1,0 +1,397 @@
+"""The CLIP family in one file: an image tower and a text tower, each projected into a joint space, a learnable
+logit scale (and bias, for the sigmoid loss). CLIP (Radford et al. 2021), SigLIP (Zhai et al. 2023), LiT
+(Zhai et al. 2022: locked image tower) and SigLiT are configurations of this one model (:func:`CLIP`,
+:func:`SigLIP`, :func:`LiT`, :func:`SigLiT`, :func:`BaselineCLIP`, :func:`BaselineSigLIP`).
+
+* OpenAI towers are built from the real ``clip`` package classes (``clip.model.CLIP`` is instantiated for its
+  initialisation and its ``visual`` / ``transformer`` / ``token_embedding`` / ``ln_final`` modules are kept, with
+  QuickGELU), so the parameter names are the OpenAI ones and an OpenAI ``.pt`` state dict loads as it is
+  (:meth:`ClipFamilyModel.from_openai`) and exports back (:mod:`clip_family.export`). The text projection is an
+  ``nn.Linear`` (OpenAI's ``text_projection`` matrix is its transposed weight).
+* transformers towers: any ``AutoModel`` directory (a CLIP/SigLIP dir gives its vision or text half), pooled by
+  ``pooler_output`` / CLS (images) or mean / CLS (text), each with its own ``nn.Linear`` projection.
+* :meth:`encode_image` takes a path, a list of paths, a folder (its images sorted), a ``PIL.Image`` or a list of
+  them, an ``np.ndarray`` (HWC / NHWC uint8) or a ``torch.Tensor`` (CHW / NCHW, already preprocessed)
+  (:mod:`clip_family.inputs`); :meth:`encode_text` takes a string or a list of strings.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from clip_family.config import ModelConfig, named_config, tiny_config, with_variant
+from clip_family.inputs import ImageInput, to_pixels
+from clip_family.losses import scale_from_param
+from foundations.config import load_json, save_json
+from foundations.errors import UserError
+
+logger = logging.getLogger(__name__)
+
+CONFIG_NAME, WEIGHTS_NAME = "config.json", "model.safetensors"
+
+
+# -- tokenizers and image processors --------------------------------------------------------------------------------
+class OpenAITokenizer:
+    """``clip.tokenize`` (OpenAI's BPE, 49408 entries) at the tower's context length, truncating long texts."""
+
+    def __init__(self, context_length: int) -> None:
+        self.context_length = context_length
+
+    def __call__(self, texts: list[str]) -> dict[str, Tensor]:
+        import clip
+
+        return {"input_ids": clip.tokenize(texts, context_length=self.context_length, truncate=True)}
+
+
+class HFTokenizer:
+    def __init__(self, path: str, max_length: int) -> None:
+        from transformers import AutoTokenizer
+
+        self.tokenizer, self.max_length = AutoTokenizer.from_pretrained(path), max_length
+
+    def __call__(self, texts: list[str]) -> dict[str, Tensor]:
+        out = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
+        return {"input_ids": out["input_ids"], "attention_mask": out["attention_mask"]}
+
+
+class HFProcessor:
+    """A transformers image processor as ``PIL.Image -> (3, H, W)`` tensor."""
+
+    def __init__(self, path: str) -> None:
+        from transformers import AutoImageProcessor
+
+        self.processor = AutoImageProcessor.from_pretrained(path)
+
+    def __call__(self, image: Any) -> Tensor:
+        return self.processor(images=image, return_tensors="pt")["pixel_values"][0]
+
+
+def _hf_model(path: str) -> nn.Module:
+    """``AutoModel`` of a directory: with its weights when it has them, else from its config (our saved towers:
+    their weights are in the model's own ``model.safetensors``)."""
+    from transformers import AutoConfig, AutoModel
+
+    has_weights = any(Path(path, name).exists() for name in ("model.safetensors", "pytorch_model.bin",
+                                                                "model.safetensors.index.json"))
+    return AutoModel.from_pretrained(path) if has_weights else AutoModel.from_config(AutoConfig.from_pretrained(path))
+
+
+class CheckpointedSequential(nn.Sequential):
+    """The same blocks (same parameter names), each recomputed in the backward pass while training."""
+
+    def forward(self, x: Tensor) -> Tensor:  # type: ignore[override]
+        for block in self:
+            x = torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False) if self.training else block(x)
+        return x
+
+
+def _set_checkpointing(parent: nn.Module, name: str, enabled: bool) -> None:
+    blocks = getattr(parent, name)
+    cls = CheckpointedSequential if enabled else nn.Sequential
+    if type(blocks) is not cls:
+        setattr(parent, name, cls(*blocks))
+
+
+# -- towers ----------------------------------------------------------------------------------------------------------
+class OpenAITextTower(nn.Module):
+    """CLIP's causal text transformer, pooled at the end-of-text token (the largest id of each row)."""
+
+    def __init__(self, reference: nn.Module) -> None:
+        super().__init__()
+        self.token_embedding = reference.token_embedding
+        self.positional_embedding = reference.positional_embedding
+        self.transformer = reference.transformer
+        self.ln_final = reference.ln_final
+        self.width = reference.transformer.width
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        x = self.token_embedding(input_ids) + self.positional_embedding  # (B, L, W)
+        x = self.transformer(x.permute(1, 0, 2))  # (L, B, W)
+        x = self.ln_final(x.permute(1, 0, 2))  # (B, L, W)
+        return x[torch.arange(x.shape[0]), input_ids.argmax(dim=-1)]  # (B, W)
+
+
+class HFTextTower(nn.Module):
+    def __init__(self, path: str, pooling: str) -> None:
+        super().__init__()
+        model = _hf_model(path)
+        self.encoder = getattr(model, "text_model", model)
+        self.pooling = pooling
+        self.width = self.encoder.config.hidden_size
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, L, W)
+        if self.pooling == "cls" or attention_mask is None:
+            return hidden[:, 0]
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)  # (B, L, 1)
+        return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)  # (B, W)
+
+
+class HFVisionTower(nn.Module):
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        model = _hf_model(path)
+        self.encoder = getattr(model, "vision_model", model)
+        self.width = self.encoder.config.hidden_size
+
+    def forward(self, pixels: Tensor) -> Tensor:
+        out = self.encoder(pixel_values=pixels)
+        pooled = getattr(out, "pooler_output", None)
+        return pooled if pooled is not None else out.last_hidden_state[:, 0]  # (B, W)
+
+
+def _openai_reference(cfg: ModelConfig) -> nn.Module:
+    """A freshly initialised ``clip.model.CLIP`` of the config's OpenAI shapes (its modules become the towers)."""
+    from clip.model import CLIP as OpenAICLIP
+
+    image, text = cfg.image, cfg.text
+    return OpenAICLIP(embed_dim=cfg.embed_dim, image_resolution=image.image_resolution,
+                      vision_layers=image.layers[0] if image.is_vit else image.layers, vision_width=image.width,
+                      vision_patch_size=image.patch_size, context_length=text.context_length,
+                      vocab_size=text.vocab_size, transformer_width=text.width, transformer_heads=text.heads,
+                      transformer_layers=text.layers)
+
+
+# -- the model -------------------------------------------------------------------------------------------------------
+class ClipFamilyModel(nn.Module):
+    """Image tower + text tower + projections + logit scale (+ bias); see the module docstring."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.config = cfg
+        openai_parts = cfg.image.kind == "openai" or cfg.text.kind == "openai"
+        reference = _openai_reference(cfg) if openai_parts else None
+        if cfg.image.kind == "openai":
+            from clip.clip import _transform
+
+            self.visual: nn.Module = reference.visual  # type: ignore[union-attr]  # includes its projection
+            self.image_projection: nn.Module = nn.Identity()
+            self.processor: Any = _transform(cfg.image.image_resolution)
+        else:
+            self.visual = HFVisionTower(cfg.image.path)  # type: ignore[arg-type]
+            self.image_projection = nn.Linear(self.visual.width, cfg.embed_dim, bias=False)
+            self.processor = HFProcessor(cfg.image.path)  # type: ignore[arg-type]
+        if cfg.text.kind == "openai":
+            self.text: nn.Module = OpenAITextTower(reference)
+            self.tokenizer: Any = OpenAITokenizer(cfg.text.context_length)
+        else:
+            self.text = HFTextTower(cfg.text.path, cfg.text.pooling)  # type: ignore[arg-type]
+            self.tokenizer = HFTokenizer(cfg.text.path, cfg.text.context_length)  # type: ignore[arg-type]
+        self.text_projection = nn.Linear(self.text.width, cfg.embed_dim, bias=False)
+        if reference is not None and cfg.text.kind == "openai":
+            with torch.no_grad():
+                self.text_projection.weight.copy_(reference.text_projection.T)
+        self.logit_scale = nn.Parameter(torch.tensor(float(cfg.init_logit_scale)))
+        self.logit_bias = (nn.Parameter(torch.tensor(float(cfg.init_logit_bias)))
+                           if cfg.init_logit_bias is not None else None)
+        self.apply_locks()
+
+    # names users know
+    @property
+    def vision_model(self) -> nn.Module:
+        return self.visual
+
+    @property
+    def text_model(self) -> nn.Module:
+        return self.text
+
+    def apply_locks(self) -> None:
+        """``requires_grad`` off for locked towers (LiT: the image tower, its projection inside or not)."""
+        for p in self.visual.parameters():
+            p.requires_grad_(not self.config.lock_image)
+        for p in self.text.parameters():
+            p.requires_grad_(not self.config.lock_text)
+        if self.config.lock_image and isinstance(self.image_projection, nn.Linear) and self.config.lock_text:
+            self.image_projection.requires_grad_(False)
+        if self.config.variant.startswith("Baseline"):
+            for p in self.parameters():
+                p.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> ClipFamilyModel:
+        """Locked towers stay in eval mode (BatchNorm statistics and dropout of a locked tower never change)."""
+        super().train(mode)
+        if self.config.lock_image:
+            self.visual.eval()
+        if self.config.lock_text:
+            self.text.eval()
+        return self
+
+    def set_gradient_checkpointing(self, enabled: bool = True) -> None:
+        """Recompute activations block by block in the backward pass (both towers): less memory, more time."""
+        if isinstance(self.text, OpenAITextTower):
+            _set_checkpointing(self.text.transformer, "resblocks", enabled)
+        if hasattr(self.visual, "transformer"):  # OpenAI ViT
+            _set_checkpointing(self.visual.transformer, "resblocks", enabled)
+        elif hasattr(self.visual, "layer1"):  # OpenAI ModifiedResNet
+            for name in ("layer1", "layer2", "layer3", "layer4"):
+                _set_checkpointing(self.visual, name, enabled)
+        for tower in (self.visual, self.text):
+            encoder = getattr(tower, "encoder", None)
+            if encoder is not None and hasattr(encoder, "gradient_checkpointing_enable") and enabled:
+                encoder.gradient_checkpointing_enable()
+
+    @property
+    def device(self) -> torch.device:
+        return self.logit_scale.device
+
+    # -- encoding -----------------------------------------------------------------------------------------------------
+    def image_features(self, pixels: Tensor) -> Tensor:
+        """(B, 3, R, R) preprocessed pixels -> (B, E) projected, not normalised."""
+        return self.image_projection(self.visual(pixels))
+
+    def text_features(self, tokens: dict[str, Tensor]) -> Tensor:
+        return self.text_projection(self.text(**tokens))  # (B, E)
+
+    def tokenize(self, texts: str | list[str]) -> dict[str, Tensor]:
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        for i, t in enumerate(texts):
+            if not isinstance(t, str):
+                raise UserError(f"encode_text: item {i} is a {type(t).__name__}, expected a string")
+        return self.tokenizer(texts)
+
+    @torch.no_grad()
+    def encode_image(self, images: ImageInput, normalize: bool = False, batch_size: int = 64) -> Tensor:
+        """(N, E) embeddings of any accepted image input (see :mod:`clip_family.inputs`)."""
+        pixels = to_pixels(images, self.processor)  # (N, 3, R, R)
+        out = torch.cat([self.image_features(pixels[i: i + batch_size].to(self.device))
+                         for i in range(0, len(pixels), batch_size)]) if len(pixels) else \
+            torch.zeros(0, self.config.embed_dim)
+        return F.normalize(out, dim=-1) if normalize else out
+
+    @torch.no_grad()
+    def encode_text(self, texts: str | list[str], normalize: bool = False, batch_size: int = 256) -> Tensor:
+        tokens = self.tokenize(texts)
+        n = len(tokens["input_ids"])
+        out = torch.cat([self.text_features({k: v[i: i + batch_size].to(self.device) for k, v in tokens.items()})
+                         for i in range(0, n, batch_size)])
+        return F.normalize(out, dim=-1) if normalize else out
+
+    def forward(self, pixels: Tensor, tokens: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+        """(normalised image features, normalised text features, exp-ed clamped logit scale, logit bias)."""
+        image = F.normalize(self.image_features(pixels), dim=-1)  # (B, E)
+        text = F.normalize(self.text_features(tokens), dim=-1)  # (B, E)
+        return image, text, scale_from_param(self.logit_scale), self.logit_bias
+
+    # -- files ----------------------------------------------------------------------------------------------------------
+    def save_pretrained(self, directory: str | Path) -> None:
+        """``config.json`` + ``model.safetensors`` (+ the transformers towers' files, so the dir stands alone)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        cfg = self.config.to_dict()
+        for name, tower in (("image", self.visual), ("text", self.text)):
+            if isinstance(tower, (HFVisionTower, HFTextTower)):
+                sub = directory / f"{name}_tower"
+                tower.encoder.config.save_pretrained(sub)
+                source = Path(getattr(self.config, name).path)  # type: ignore[arg-type]
+                for extra in source.glob("*"):  # tokenizer / processor files
+                    if extra.is_file() and extra.suffix in (".json", ".txt", ".model") and extra.name != "config.json":
+                        (sub / extra.name).write_bytes(extra.read_bytes())
+                cfg[name]["path"] = f"{name}_tower"
+        state = {k: v.detach().contiguous() for k, v in self.state_dict().items()}
+        save_file(state, str(directory / WEIGHTS_NAME))
+        save_json(directory / CONFIG_NAME, cfg)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path) -> ClipFamilyModel:
+        directory = Path(directory)
+        cfg_data = load_json(directory / CONFIG_NAME)
+        for name in ("image", "text"):
+            path = cfg_data.get(name, {}).get("path")
+            if path and not Path(path).is_absolute():
+                cfg_data[name]["path"] = str(directory / path)
+        model = cls(ModelConfig.from_dict(cfg_data, str(directory / CONFIG_NAME)))
+        model.load_weights(directory / WEIGHTS_NAME)
+        return model
+
+    def load_weights(self, path: Path) -> None:
+        try:
+            state = load_file(str(path))
+        except FileNotFoundError:
+            raise UserError(f"{path}: no such file") from None
+        missing, unexpected = self.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise UserError(f"{path}: weights do not match the config (missing {missing[:5]}, unexpected "
+                            f"{unexpected[:5]})")
+
+    @classmethod
+    def from_openai(cls, path: str | Path, variant: str = "CLIP") -> ClipFamilyModel:
+        """Load an OpenAI-format ``.pt`` (a released checkpoint or a state dict) as a model of ``variant``."""
+        from clip_family.export import config_from_openai_state, load_openai_state, openai_to_ours
+
+        state = load_openai_state(path)
+        cfg = with_variant(config_from_openai_state(state), variant)
+        model = cls(cfg)
+        ours = openai_to_ours(state)
+        if cfg.init_logit_bias is not None:
+            ours["logit_bias"] = model.logit_bias.detach().clone()  # type: ignore[union-attr]
+            ours["logit_scale"] = model.logit_scale.detach().clone()
+        model.load_state_dict({k: v.float() for k, v in ours.items()})
+        return model
+
+
+# -- the variants, by the names users know ---------------------------------------------------------------------------
+def build(spec: str | ModelConfig, variant: str) -> ClipFamilyModel:
+    """A model of ``variant`` from a ModelConfig, an architecture name (``RN50``, ``ViT-B/32``, ``tiny``), a
+    config JSON, a model directory (weights kept) or an OpenAI ``.pt`` (weights kept)."""
+    if isinstance(spec, ModelConfig):
+        return ClipFamilyModel(with_variant(spec, variant))
+    if spec == "tiny":
+        return ClipFamilyModel(tiny_config(variant))
+    path = Path(spec)
+    if path.is_dir():
+        model = ClipFamilyModel.from_pretrained(path)
+        if model.config.variant != variant:
+            fresh = ClipFamilyModel(with_variant(model.config, variant))
+            state = {k: v for k, v in model.state_dict().items() if not k.startswith("logit_")}
+            state.update({k: v for k, v in fresh.state_dict().items() if k.startswith("logit_")})
+            fresh.load_state_dict(state)
+            model = fresh
+        return model
+    if path.suffix == ".json":
+        return ClipFamilyModel(with_variant(ModelConfig.from_dict(load_json(path), str(path)), variant))
+    if path.suffix in (".pt", ".pth", ".bin"):
+        if not path.is_file():
+            raise UserError(f"{path}: no such file")
+        return ClipFamilyModel.from_openai(path, variant)
+    return ClipFamilyModel(with_variant(named_config(spec), variant))
+
+
+def CLIP(spec: str | ModelConfig = "ViT-B/32") -> ClipFamilyModel:  # noqa: N802 - the name users know
+    """Both towers train, softmax (InfoNCE) loss."""
+    return build(spec, "CLIP")
+
+
+def SigLIP(spec: str | ModelConfig = "ViT-B/32") -> ClipFamilyModel:  # noqa: N802
+    """Both towers train, sigmoid loss."""
+    return build(spec, "SigLIP")
+
+
+def LiT(spec: str | ModelConfig = "ViT-B/32") -> ClipFamilyModel:  # noqa: N802
+    """Locked image tower, softmax loss (pass a pretrained model dir or ``.pt`` for a useful image tower)."""
+    return build(spec, "LiT")
+
+
+def SigLiT(spec: str | ModelConfig = "ViT-B/32") -> ClipFamilyModel:  # noqa: N802
+    """Locked image tower, sigmoid loss."""
+    return build(spec, "SigLiT")
+
+
+def BaselineCLIP(spec: str | ModelConfig) -> ClipFamilyModel:  # noqa: N802
+    """A pretrained model used as it is (nothing trains), softmax scoring; for comparisons."""
+    return build(spec, "BaselineCLIP")
+
+
+def BaselineSigLIP(spec: str | ModelConfig) -> ClipFamilyModel:  # noqa: N802
+    """A pretrained model used as it is, sigmoid scoring."""
+    return build(spec, "BaselineSigLIP")
+
+
+VARIANT_BUILDERS = {"CLIP": CLIP, "SigLIP": SigLIP, "LiT": LiT, "SigLiT": SigLiT, "BaselineCLIP": BaselineCLIP,
+                    "BaselineSigLIP": BaselineSigLIP}
