@@ -20,7 +20,7 @@ def write_digits_folders(root: str | Path, n_train: int = N_TRAIN) -> tuple[Path
 
     digits = load_digits()
     root = Path(root)
-    splits = {"train": range(0, n_train), "held_out": range(n_train, len(digits.images))}
+    splits = {"train": range(n_train), "held_out": range(n_train, len(digits.images))}
     for split, rows in splits.items():
         (root / split / "images").mkdir(parents=True, exist_ok=True)
         (root / split / "captions").mkdir(parents=True, exist_ok=True)

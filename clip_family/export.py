@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+
 import torch
 from torch import Tensor, nn
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 import torch
@@ -21,7 +21,7 @@ from foundations.errors import UserError
 from foundations.images import BadImage, decode_image
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
-ImageInput = Union[str, Path, Image.Image, np.ndarray, Tensor, Sequence[Any]]
+ImageInput = str | Path | Image.Image | np.ndarray | Tensor | Sequence[Any]
 
 
 def folder_images(folder: Path) -> list[Path]:

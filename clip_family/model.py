@@ -273,9 +273,12 @@ class ClipFamilyModel(nn.Module):
                          for i in range(0, n, batch_size)])
         return F.normalize(out, dim=-1) if normalize else out
 
-    def forward(self, pixels: Tensor, tokens: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
-        """(normalised image features, normalised text features, exp-ed clamped logit scale, logit bias)."""
-        image = F.normalize(self.image_features(pixels), dim=-1)  # (B, E)
+    def forward(self, pixels: Tensor | None, tokens: dict[str, Tensor], tower_output: Tensor | None = None
+                ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+        """(normalised image features, normalised text features, exp-ed clamped logit scale, logit bias).
+        ``tower_output`` (B, W): the image tower's stored output (pre-embedding a locked tower) instead of pixels."""
+        visual = self.visual(pixels) if tower_output is None else tower_output  # (B, W)
+        image = F.normalize(self.image_projection(visual), dim=-1)  # (B, E)
         text = F.normalize(self.text_features(tokens), dim=-1)  # (B, E)
         return image, text, scale_from_param(self.logit_scale), self.logit_bias
 
@@ -363,32 +366,32 @@ def build(spec: str | ModelConfig, variant: str) -> ClipFamilyModel:
     return ClipFamilyModel(with_variant(named_config(spec), variant))
 
 
-def CLIP(spec: str | ModelConfig = "ViT-B/32") -> ClipFamilyModel:  # noqa: N802 - the name users know
+def CLIP(spec: str | ModelConfig = "ViT-B/32") -> ClipFamilyModel:
     """Both towers train, softmax (InfoNCE) loss."""
     return build(spec, "CLIP")
 
 
-def SigLIP(spec: str | ModelConfig = "ViT-B/32") -> ClipFamilyModel:  # noqa: N802
+def SigLIP(spec: str | ModelConfig = "ViT-B/32") -> ClipFamilyModel:
     """Both towers train, sigmoid loss."""
     return build(spec, "SigLIP")
 
 
-def LiT(spec: str | ModelConfig = "ViT-B/32") -> ClipFamilyModel:  # noqa: N802
+def LiT(spec: str | ModelConfig = "ViT-B/32") -> ClipFamilyModel:
     """Locked image tower, softmax loss (pass a pretrained model dir or ``.pt`` for a useful image tower)."""
     return build(spec, "LiT")
 
 
-def SigLiT(spec: str | ModelConfig = "ViT-B/32") -> ClipFamilyModel:  # noqa: N802
+def SigLiT(spec: str | ModelConfig = "ViT-B/32") -> ClipFamilyModel:
     """Locked image tower, sigmoid loss."""
     return build(spec, "SigLiT")
 
 
-def BaselineCLIP(spec: str | ModelConfig) -> ClipFamilyModel:  # noqa: N802
+def BaselineCLIP(spec: str | ModelConfig) -> ClipFamilyModel:
     """A pretrained model used as it is (nothing trains), softmax scoring; for comparisons."""
     return build(spec, "BaselineCLIP")
 
 
-def BaselineSigLIP(spec: str | ModelConfig) -> ClipFamilyModel:  # noqa: N802
+def BaselineSigLIP(spec: str | ModelConfig) -> ClipFamilyModel:
     """A pretrained model used as it is, sigmoid scoring."""
     return build(spec, "BaselineSigLIP")
 

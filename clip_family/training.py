@@ -28,10 +28,10 @@ import torch
 from torch import Tensor
 
 import engine
+from clip_family.config import VARIANTS
 from clip_family.data import FORMATS, CaptionDataset, Item, open_dataset
 from clip_family.losses import clip_loss, siglip_loss
 from clip_family.model import WEIGHTS_NAME, ClipFamilyModel, build
-from clip_family.config import VARIANTS
 from clip_family.zeroshot import evaluate_items
 from engine.config import LoopConfig, OptimConfig
 from foundations.errors import ConfigError, UserError
@@ -70,6 +70,8 @@ class DataSection:
     batch_size: int = field(default=64, metadata=_help("global contrastive batch per micro-batch (split over ranks)"))
     verify_images: bool = field(default=True, metadata=_help("decode every image once while reading (skip bad)"))
     cache_images: bool = field(default=False, metadata=_help("keep preprocessed pixels in memory (small data)"))
+    pre_embed: bool = field(default=False, metadata=_help(
+        "locked image tower (LiT / SigLiT): run it once over the training images, then train from the stored outputs"))
 
     def __post_init__(self) -> None:
         if self.batch_size < 2:
@@ -139,12 +141,16 @@ class CLIPTask(engine.Task):
         self.select_metric = (cfg.eval.select_metric or ("zeroshot_accuracy" if self.classes else "mean_recall")) \
             if val is not None else None
         self._pixels: dict[int, Tensor] = {}
+        self._tower_outputs: Tensor | None = None
+        if cfg.data.pre_embed and not model.config.lock_image:
+            raise UserError("--pre-embed needs a locked image tower (--variant LiT or SigLiT)")
         if cfg.model.gradient_checkpointing:
             model.set_gradient_checkpointing(True)
 
     # -- model + loss ------------------------------------------------------------------------------------------
     def training_forward(self, batch: dict[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
-        image, text, scale, bias = self.model(batch["pixels"], batch["tokens"])  # (b, E), (b, E), (), ()
+        image, text, scale, bias = self.model(batch.get("pixels"), batch["tokens"],
+                                              batch.get("tower_output"))  # (b, E), (b, E), (), ()
         if self.model.config.loss == "siglip":
             loss = siglip_loss(image, text, scale, bias)  # type: ignore[arg-type]
         else:
@@ -160,7 +166,10 @@ class CLIPTask(engine.Task):
     def param_groups(self) -> list[dict[str, Any]]:
         o = self.cfg.optim
         m = self.model
-        trainable = lambda module: [p for p in module.parameters() if p.requires_grad]  # noqa: E731
+
+        def trainable(module: torch.nn.Module) -> list[torch.nn.Parameter]:
+            return [p for p in module.parameters() if p.requires_grad]
+
         logit = [p for p in (m.logit_scale, m.logit_bias) if p is not None and p.requires_grad]
         groups = [
             {"name": "image", "params": trainable(m.visual), "lr": o.lr_image if o.lr_image is not None else o.lr},
@@ -191,6 +200,21 @@ class CLIPTask(engine.Task):
         picks = rng.random(len(self.train_data))
         return order, picks
 
+    @torch.no_grad()
+    def tower_outputs(self) -> Tensor:
+        """(N, W) outputs of the locked image tower for every training image, computed once (pre-embedding)."""
+        if self._tower_outputs is None:
+            visual, bs = self.model.visual, self.cfg.eval.eval_batch_size
+            was_training = visual.training
+            visual.eval()
+            items = self.train_data.items
+            chunks = [visual(torch.stack([self.pixels(i, items[i]) for i in range(s, min(s + bs, len(items)))])
+                             .to(self.model.device)).cpu() for s in range(0, len(items), bs)]
+            visual.train(was_training)
+            self._tower_outputs = torch.cat(chunks)
+            logger.info("pre-embedded %d training images with the locked image tower", len(items))
+        return self._tower_outputs
+
     def train_batches(self, epoch: int, start: int, stop: int) -> Any:
         order, picks = self.epoch_order(epoch)
         global_b = self.cfg.data.batch_size
@@ -199,8 +223,12 @@ class CLIPTask(engine.Task):
             rows = order[micro * global_b + self.env.rank * local_b: micro * global_b + (self.env.rank + 1) * local_b]
             items = [self.train_data.items[i] for i in rows]
             captions = [it.captions[int(picks[i] * len(it.captions))] for i, it in zip(rows, items)]
-            yield {"pixels": torch.stack([self.pixels(int(i), it) for i, it in zip(rows, items)]),
-                   "tokens": self.model.tokenize(captions)}
+            tokens = self.model.tokenize(captions)
+            if self.cfg.data.pre_embed:
+                yield {"tower_output": self.tower_outputs()[torch.from_numpy(rows)], "tokens": tokens}
+            else:
+                yield {"pixels": torch.stack([self.pixels(int(i), it) for i, it in zip(rows, items)]),
+                       "tokens": tokens}
 
     # -- evaluation --------------------------------------------------------------------------------------------
     def encode_items(self, items: list[Item]) -> Tensor:
@@ -213,7 +241,9 @@ class CLIPTask(engine.Task):
     def evaluate(self) -> dict[str, float] | None:
         if self.val_data is None:
             return None
-        encode_text = lambda texts: self.model.encode_text(texts, batch_size=self.cfg.eval.eval_batch_size).cpu()  # noqa: E731
+        def encode_text(texts: list[str]) -> Tensor:
+            return self.model.encode_text(texts, batch_size=self.cfg.eval.eval_batch_size).cpu()
+
         return evaluate_items(self.encode_items, encode_text, self.val_data.items, self.classes,
                               self.cfg.eval.templates)
 
@@ -229,8 +259,8 @@ def build_task(cfg: ClipTrainConfig, env: engine.DistEnv) -> CLIPTask:
     if not cfg.data.train_data:
         raise UserError("no training data: pass --train-data (a folder, .parquet, .csv/.tsv or .tar shards)")
     d = cfg.data
-    read = dict(fmt=d.data_format, image_column=d.image_column, caption_column=d.caption_column,
-                image_root=d.image_root, verify=d.verify_images)
+    read: dict[str, Any] = {"fmt": d.data_format, "image_column": d.image_column, "caption_column": d.caption_column,
+                            "image_root": d.image_root, "verify": d.verify_images}
     train_data = open_dataset(d.train_data, **read)
     val = open_dataset(d.val_data, **read) if d.val_data else None
     if len(train_data) < d.batch_size:

@@ -141,6 +141,23 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type) -> None:
         group.add_argument(plain, f"--{path}", **kwargs)
 
 
+def base_config(path: str | None) -> dict[str, Any]:
+    """The ``--config FILE.json`` a driver's flags override (e.g. a run's saved ``config.json``), without its
+    ``format_version``; ``{}`` when no file is given. A missing or malformed file is a usage error."""
+    if path is None:
+        return {}
+    from foundations.config import load_json
+
+    try:
+        base = load_json(path)
+    except ConfigError as exc:
+        raise UsageError(f"--config {exc}") from None
+    if not isinstance(base, dict):
+        raise UsageError(f"--config {path}: expected a JSON object")
+    base.pop("format_version", None)
+    return base
+
+
 def config_from_flags(cls: type[T], args: argparse.Namespace | dict[str, Any],
                       base: dict[str, Any] | None = None) -> T:
     """Build ``cls`` from a base dict (e.g. a saved ``config.json``) overridden by the dotted flags in ``args``."""

@@ -15,7 +15,7 @@ from PIL import Image
 
 from clip_family.config import named_config, named_configs, tiny_config
 from clip_family.export import export_openai
-from clip_family.model import (CLIP, LiT, SigLIP, SigLiT, BaselineCLIP, ClipFamilyModel, build)
+from clip_family.model import CLIP, BaselineCLIP, ClipFamilyModel, LiT, SigLIP, build
 from foundations.errors import UserError
 
 
@@ -110,7 +110,7 @@ def test_export_openai_pt_loads_in_clip(tmp_path: Path, resnet: bool) -> None:
     _round_like_openai(model)
     model.eval()
     path = export_openai(model, tmp_path / "exported.pt")
-    loaded, preprocess = clip.load(str(path), device="cpu", jit=False)
+    loaded, _ = clip.load(str(path), device="cpu", jit=False)
     size = model.config.image.image_resolution
     pixels = torch.randn(2, 3, size, size)
     with torch.no_grad():

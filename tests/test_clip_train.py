@@ -14,12 +14,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import engine
 from clip_family.data import open_dataset
 from clip_family.digits import NAMES, digits_config, write_digits_folders
 from clip_family.model import ClipFamilyModel, build
 from clip_family.training import CLIPTask, ClipTrainConfig, train
-from engine.config import LoopConfig
 from engine.optim import FreezeSchedule
 from foundations.config import from_dict
 
@@ -199,3 +197,21 @@ def test_ddp_two_process_first_step_equals_single_process(tmp_path: Path, small:
                        weights(tmp_path / "two/init")["text_projection.weight"])
     worst = max(float((a[k] - b[k]).abs().max()) for k in a)
     assert worst <= 1e-6, worst
+
+
+def test_pre_embedding_a_locked_tower_gives_the_same_loss(tmp_path: Path, small: tuple[Path, Path]) -> None:
+    data = open_dataset(str(small[0]))
+    torch.manual_seed(0)
+    model = build("tiny", "SigLiT")
+    plain = CLIPTask(model, data, None, config(tmp_path / "a", small[0], None, model__variant="SigLiT"))
+    stored = CLIPTask(model, data, None, config(tmp_path / "b", small[0], None, model__variant="SigLiT",
+                                                data__pre_embed=True))
+    plain.train(), stored.train()
+    for a, b in zip(plain.train_batches(0, 0, 2), stored.train_batches(0, 0, 2)):
+        assert "pixels" not in b and b["tower_output"].shape == (8, 24)
+        assert torch.allclose(plain.training_forward(a)[0], stored.training_forward(b)[0], atol=1e-6)
+    result = train(config(tmp_path / "run", small[0], None, model__variant="SigLiT", data__pre_embed=True,
+                          loop__max_steps=2))
+    assert result.global_step == 2
+    with pytest.raises(Exception, match="locked image tower"):
+        CLIPTask(build("tiny", "CLIP"), data, None, config(tmp_path / "c", small[0], None, data__pre_embed=True))

@@ -23,8 +23,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from foundations.cli import CLIParser, add_config_flags, command, config_from_flags, setup_logging
-from foundations.errors import UsageError
+from foundations.cli import CLIParser, add_config_flags, command, base_config, config_from_flags, setup_logging
 
 
 def build_parser() -> CLIParser:
@@ -40,20 +39,10 @@ def build_parser() -> CLIParser:
 
 def parse_config(argv: Sequence[str] | None):  # -> tuple[ClipTrainConfig, argparse.Namespace]
     from clip_family.training import ClipTrainConfig
-    from foundations.config import load_json
-    from foundations.errors import ConfigError
 
     args = build_parser().parse_args(argv)
-    base: dict = {}
-    if args.config is not None:
-        try:
-            base = load_json(args.config)
-        except ConfigError as exc:
-            raise UsageError(f"--config {exc}") from None
-        if not isinstance(base, dict):
-            raise UsageError(f"--config {args.config}: expected a JSON object")
     flags = {k: v for k, v in vars(args).items() if k not in ("config", "print_config", "export_openai")}
-    return config_from_flags(ClipTrainConfig, flags, base), args
+    return config_from_flags(ClipTrainConfig, flags, base_config(args.config)), args
 
 
 @command

@@ -21,8 +21,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from foundations.cli import CLIParser, add_config_flags, command, config_from_flags, setup_logging
-from foundations.errors import UsageError
+from foundations.cli import CLIParser, add_config_flags, base_config, command, config_from_flags, setup_logging
 
 
 def build_parser() -> CLIParser:
@@ -37,22 +36,11 @@ def build_parser() -> CLIParser:
 
 def parse_config(argv: Sequence[str] | None):  # -> tuple[TrainConfig, bool]
     """(the resolved config, whether --print-config was given); a mistake raises UsageError."""
-    from foundations.config import load_json
-    from foundations.errors import ConfigError
     from retrieval.training.config import TrainConfig
 
     args = build_parser().parse_args(argv)
-    base: dict = {}
-    if args.config is not None:
-        try:
-            base = load_json(args.config)
-        except ConfigError as exc:
-            raise UsageError(f"--config {exc}") from None
-        if not isinstance(base, dict):
-            raise UsageError(f"--config {args.config}: expected a JSON object")
-        base.pop("format_version", None)
     flags = {k: v for k, v in vars(args).items() if k not in ("config", "print_config")}
-    return config_from_flags(TrainConfig, flags, base), args.print_config
+    return config_from_flags(TrainConfig, flags, base_config(args.config)), args.print_config
 
 
 def describe_outputs(out: str, tensorboard: bool) -> str:
