@@ -22,6 +22,7 @@ from foundations.errors import UserError
 RGB_CONVERSION = ("RGB: EXIF orientation applied, alpha composited on white, 16-bit grey scaled by 1/257, "
                   "first frame of multi-frame files")
 DEFAULT_MAX_PIXELS = 89_478_485  # PIL's own default Image.MAX_IMAGE_PIXELS (~ 0.25 GB of 24-bit pixels)
+QUERY_MAX_PIXELS = 40_000_000  # one query image (search CLI, server): a tighter default than batch extraction
 _SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
 _ALPHA = ("RGBA", "LA", "PA", "RGBa", "La")
 CATEGORIES = ("unreadable", "empty file", "not an image", "too many pixels", "truncated", "corrupt",

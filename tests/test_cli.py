@@ -75,12 +75,17 @@ def test_exit_codes_and_one_line_errors(tmp_path: Path) -> None:
         (["evaluate", "--qrels", str(tmp_path / "q.jsonl"), "--runs", str(tmp_path / "r.trec"), "--metrics",
           "bleu"], 1, "unknown metric 'bleu'"),
         (["train", "--lr-head", "abc"], 2, "--lr-head expects float"),
+        (["clip-train", "--model-name", "tiny", "--train-data", str(tmp_path / "no_dir"), "--out",
+          str(tmp_path / "run")], 1, "no_dir"),
+        (["eval", "--model", "ViT-B/32", "--task", "no_such_task", "--data", "x"], 2, "unknown task 'no_such_task'"),
+        (["report", str(tmp_path / "missing.json"), "--out", str(tmp_path / "rep")], 1, "missing.json"),
     ]
     for argv, code, text in cases:
         proc = run([sys.executable, "-m", "vlt5r", *argv], cwd=tmp_path)
         assert proc.returncode == code, (argv, proc.stderr)
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: ") and text in lines[0], (argv, proc.stderr)
+    assert not (tmp_path / "run").exists() and not (tmp_path / "rep").exists()  # nothing written on a user error
 
 
 def test_a_bug_still_shows_its_traceback(monkeypatch: pytest.MonkeyPatch) -> None:

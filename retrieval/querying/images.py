@@ -11,9 +11,9 @@ from pathlib import Path
 
 from PIL import Image
 
+from foundations.images import QUERY_MAX_PIXELS as DEFAULT_MAX_PIXELS
 from foundations.images import BadImage, decode_image
 
-DEFAULT_MAX_PIXELS = 40_000_000
 ImageError = BadImage  # a query image that cannot be used; ``category`` is one of the decoder's categories
 
 

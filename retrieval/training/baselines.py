@@ -21,7 +21,8 @@ from feature_extraction.store import FeatureStore
 from retrieval.formats import Query
 from retrieval.indexing import Index
 from retrieval.metrics import format_means
-from retrieval.training.data import KBVectors, normalise_rows
+from foundations.rows import normalise_rows
+from retrieval.training.data import KBVectors
 from retrieval.training.evaluation import DEFAULT_METRICS, encode_queries, evaluate_vectors, flat_index
 from vlt5 import QueryEncoder
 from foundations.errors import UserError

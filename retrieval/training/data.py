@@ -17,6 +17,7 @@ from feature_extraction.readers import open_features as read_feature_file
 from feature_extraction.store import FeatureFileError, FeatureStore, MemoryFeatureStore
 from retrieval.formats import KBEntry, Query, read_kb, read_queries
 from foundations.errors import UserError
+from foundations.rows import normalise_rows
 
 logger = logging.getLogger(__name__)
 
@@ -32,11 +33,6 @@ class KBVectors:
 
     def row_of(self) -> dict[str, int]:
         return {kb_id: n for n, kb_id in enumerate(self.ids)}
-
-
-def normalise_rows(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
 def _kb_rows(entries: list[KBEntry], store: FeatureStore, use_image_path: bool) -> list[str | None]:

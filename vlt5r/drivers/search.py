@@ -24,8 +24,7 @@ from pathlib import Path
 
 from foundations.cli import CLIParser, command, setup_logging
 from foundations.errors import UsageError
-
-DEFAULT_MAX_PIXELS = 40_000_000
+from foundations.images import QUERY_MAX_PIXELS
 
 
 def build_parser() -> CLIParser:
@@ -39,7 +38,7 @@ def build_parser() -> CLIParser:
     one.add_argument("--question", help="the question")
     one.add_argument("--image", type=Path, help="the query image file")
     one.add_argument("--json", action="store_true", help="print the hits as JSON instead of a table")
-    one.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="refuse larger images")
+    one.add_argument("--max-pixels", type=int, default=QUERY_MAX_PIXELS, help="refuse larger images")
     batch = p.add_argument_group("batch")
     batch.add_argument("--queries", type=Path, help="queries JSONL {id, question, image, positives}")
     batch.add_argument("--query-features", type=Path, help="image features of the queries (ids = their 'image')")
