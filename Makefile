@@ -8,7 +8,7 @@ BROWSER := $(VENV)/.browser
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup test test-fast test-gpu demo bench clean
+.PHONY: setup test test-fast test-gpu bench-gpu demo bench clean
 
 setup: $(STAMP)
 
@@ -33,6 +33,12 @@ test-fast: $(STAMP)
 # Only the tests marked `gpu` (fp16 extraction, GPU faiss, GradScaler, NCCL); they skip cleanly without CUDA.
 test-gpu: $(STAMP)
 	$(PY) -m pytest -q -m gpu
+
+# The GPU check (under 5 minutes on one GPU): the `gpu` tests, then the extraction throughput table (ViT-B/32- and
+# RN101-shaped models, fp16, CPU vs GPU JPEG decoding, 5,000 generated photos; docs/extraction.md "GPU").
+bench-gpu: $(STAMP)
+	$(PY) -m pytest -q -m gpu -p no:cacheprovider
+	$(PY) benchmarks/bench_extract_gpu.py
 
 demo: $(STAMP)
 	PYTHON=$(PY) bash scripts/demo.sh

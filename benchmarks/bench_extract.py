@@ -2,6 +2,7 @@
 
     python benchmarks/bench_extract.py                      # defaults: a few minutes on a 2-core CPU box
     python benchmarks/bench_extract.py --tiny-counts 1000 5000 --b32-counts 1000 5000 --device cuda
+    python benchmarks/bench_extract.py --tiny-counts --precision bf16     # every measurement at --precision bf16
 
 For each model - the tiny ViT (32 px, decoding is its bound) and a randomly initialised ViT-B/32-shaped model
 (``feature_extraction.tiny.VIT_B32``, the real architecture and cost) - it measures, on realistic JPEGs (500x375
@@ -38,6 +39,7 @@ sys.path.insert(0, str(REPO))
 from feature_extraction.backbones import Backbone, load_backbone  # noqa: E402
 from feature_extraction.inputs import Listing  # noqa: E402
 from feature_extraction.loader import make_loader  # noqa: E402
+from feature_extraction.speed import autocast, weights_dtype  # noqa: E402
 from feature_extraction.spool import Spool  # noqa: E402
 from feature_extraction.tiny import TINY_VIT, VIT_B32, make_image_folder, make_openai_clip  # noqa: E402
 
@@ -57,14 +59,15 @@ def image_list(workdir: Path, paths: list[Path]) -> Path:
     return listing
 
 
-def run_script(listing: Path, model: Path, out: Path, batch: int, workers: int, device: str) -> dict[str, float]:
+def run_script(listing: Path, model: Path, out: Path, batch: int, workers: int, device: str,
+               precision: str = "fp32") -> dict[str, float]:
     """The real CLI in a subprocess; returns its encoding rate and the peak RSS (MiB) seen by polling."""
     for stale in (out, out.with_suffix(".skipped.tsv")):
         stale.unlink(missing_ok=True)
     Spool(out).remove()  # a killed earlier run's chunks would be resumed, not re-encoded
     cmd = [sys.executable, str(REPO / "feature_extraction" / "clip_prepro_feats.py"), "--image-list", str(listing),
            "--out", str(out), "--backbone", str(model), "--batch-size", str(batch), "--num-workers", str(workers),
-           "--device", device, "--no-progress", "--quiet"]
+           "--device", device, "--precision", precision, "--no-progress", "--quiet"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=os.environ | {"HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"})
     peak = {"main": 0.0, "tree": 0.0}
@@ -95,17 +98,20 @@ def run_script(listing: Path, model: Path, out: Path, batch: int, workers: int, 
     return {"rate": rate, "elapsed": elapsed, "rss_main": peak["main"], "rss_tree": peak["tree"]}
 
 
-def forward_bound(backbone: Backbone, paths: list[Path], batch: int, n_batches: int) -> float:
+def forward_bound(backbone: Backbone, paths: list[Path], batch: int, n_batches: int, precision: str = "fp32",
+                  grid: bool = True) -> float:
     from PIL import Image
 
     pixels = torch.stack([backbone.preprocess(Image.open(p).convert("RGB")) for p in paths[:batch]])
     pixels = pixels.to(backbone.device)
-    with torch.inference_mode():
-        backbone.encode_images(pixels, True)  # warm-up
+    with torch.inference_mode(), autocast(backbone.device, precision):
+        backbone.encode_images(pixels, grid)  # warm-up
         start = time.perf_counter()
         for _ in range(n_batches):
-            fc, grid = backbone.encode_images(pixels, True)
-            fc.cpu(), grid.cpu()
+            fc, cells = backbone.encode_images(pixels, grid)
+            fc.cpu()
+            if cells is not None:
+                cells.cpu()
     return batch * n_batches / (time.perf_counter() - start)
 
 
@@ -117,12 +123,12 @@ def decode_bound(backbone: Backbone, paths: list[Path], batch: int, workers: int
     return n / (time.perf_counter() - start)
 
 
-def naive_loop(backbone: Backbone, paths: list[Path], out_dir: Path) -> float:
+def naive_loop(backbone: Backbone, paths: list[Path], out_dir: Path, precision: str = "fp32") -> float:
     from PIL import Image
 
     out_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    with torch.inference_mode():
+    with torch.inference_mode(), autocast(backbone.device, precision):
         for p in paths:
             x = backbone.preprocess(Image.open(p).convert("RGB")).unsqueeze(0).to(backbone.device)
             fc, grid = backbone.encode_images(x, True)
@@ -131,12 +137,12 @@ def naive_loop(backbone: Backbone, paths: list[Path], out_dir: Path) -> float:
     return len(paths) / (time.perf_counter() - start)
 
 
-def best_threads(backbone: Backbone, paths: list[Path], batch: int) -> int:
+def best_threads(backbone: Backbone, paths: list[Path], batch: int, precision: str = "fp32") -> int:
     """1 thread or all CPUs, whichever runs the forward faster here: the bounds use the box at its best."""
     rates = {}
     for threads in sorted({1, len(os.sched_getaffinity(0))}):
         torch.set_num_threads(threads)
-        rates[threads] = forward_bound(backbone, paths, batch, 2)
+        rates[threads] = forward_bound(backbone, paths, batch, 2, precision)
     return max(rates, key=rates.__getitem__)
 
 
@@ -144,24 +150,46 @@ def bench_model(name: str, model: Path, counts: list[int], workers: int, args: a
                 all_paths: list[Path]) -> list[str]:
     """On a shared box the load changes by the minute, so every script run is bracketed by the forward bound
     measured just before and just after it, and followed by the naive loop; the ratios use those neighbours."""
-    backbone = load_backbone(str(model), args.device, torch.float32)
+    backbone = load_backbone(str(model), args.device, weights_dtype(args.precision))
     paths = all_paths[: max(counts)]
-    threads = best_threads(backbone, paths, args.batch_size)
+    threads = best_threads(backbone, paths, args.batch_size, args.precision)
     dec = decode_bound(backbone, paths[:1000], args.batch_size, workers)
     rows = []
     for n in counts:
         torch.set_num_threads(threads)
-        before = forward_bound(backbone, paths, args.batch_size, args.forward_batches)
+        before = forward_bound(backbone, paths, args.batch_size, args.forward_batches, args.precision)
         script = run_script(image_list(args.workdir, paths[:n]), model, args.workdir / f"out_{model.stem}_{n}.h5",
-                            args.batch_size, workers, args.device)
-        after = forward_bound(backbone, paths, args.batch_size, args.forward_batches)
-        naive = naive_loop(backbone, paths[: args.naive], args.workdir / "naive")
+                            args.batch_size, workers, args.device, args.precision)
+        after = forward_bound(backbone, paths, args.batch_size, args.forward_batches, args.precision)
+        naive = naive_loop(backbone, paths[: args.naive], args.workdir / "naive", args.precision)
         fwd = (before + after) / 2
         rows.append(f"| {name} | {n} | {workers} | {script['rate']:.1f} | {fwd:.1f} ({before:.1f}-{after:.1f}, "
                     f"{threads}t) | {dec:.1f} | {script['rate'] / min(fwd, dec):.2f} | {naive:.1f} | "
                     f"{script['rate'] / naive:.1f} | {script['rss_main']:.0f} / {script['rss_tree']:.0f} |")
         print(rows[-1], flush=True)
     return rows
+
+
+def compare_precisions(model: Path, paths: list[Path], args: argparse.Namespace) -> None:
+    """The ViT-B/32 forward alone (pre-decoded batch, CPU threads = all CPUs) at each of ``--compare-precisions``,
+    alternating within each of ``--rounds`` rounds (a shared box changes load by the minute); best round each."""
+    torch.set_num_threads(len(os.sched_getaffinity(0)))
+    backbone = load_backbone(str(model), args.device, torch.float32)  # bf16 autocasts these same fp32 weights
+    best: dict[tuple[str, bool], float] = {}
+    for r in range(args.rounds):
+        for grid in (False, True):
+            for precision in args.compare_precisions:
+                rate = forward_bound(backbone, paths, args.batch_size, args.forward_batches, precision, grid)
+                best[precision, grid] = max(rate, best.get((precision, grid), 0.0))
+        print(f"round {r}: " + ", ".join(f"{p}{' grid' if g else ''} {v:.1f}" for (p, g), v in best.items())
+              + f" img/s (best so far), load {os.getloadavg()[0]:.1f}", flush=True)
+    base = args.compare_precisions[0]
+    print("\n| forward (batch %d) | %s |" % (args.batch_size, " | ".join(args.compare_precisions)))
+    print("|---|" + "---|" * len(args.compare_precisions))
+    for grid in (False, True):
+        cells = [f"{best[p, grid]:.1f} img/s ({best[p, grid] / best[base, grid]:.2f}x)"
+                 for p in args.compare_precisions]
+        print(f"| ViT-B/32 random, {'fc + grid' if grid else 'fc only'} | {' | '.join(cells)} |")
 
 
 def main() -> None:
@@ -177,15 +205,25 @@ def main() -> None:
                         help="decoding workers (ViT-B/32 is forward-bound: decode in the main process, as the CLI "
                              "does by default on a CPU)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+                        help="the forward's arithmetic for every measurement (the script's --precision)")
+    parser.add_argument("--compare-precisions", nargs="*", default=[],
+                        help="instead of the table: the ViT-B/32 forward at these precisions, alternating")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds of --compare-precisions (best of)")
     parser.add_argument("--forward-batches", type=int, default=4, help="batches timed for the forward bound")
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     size = tuple(int(v) for v in args.size.split("x"))
+    if args.compare_precisions:
+        if not (args.workdir / "vit_b32.pt").exists():
+            make_openai_clip(args.workdir / "vit_b32.pt", VIT_B32)
+        compare_precisions(args.workdir / "vit_b32.pt", ensure_images(args.workdir, args.batch_size, size), args)
+        return
     paths = ensure_images(args.workdir, max(args.tiny_counts + args.b32_counts), size)  # type: ignore[arg-type]
     models = {"tiny ViT (32 px)": (args.workdir / "tiny_vit.pt", TINY_VIT, args.tiny_counts, args.tiny_workers),
               "ViT-B/32 random": (args.workdir / "vit_b32.pt", VIT_B32, args.b32_counts, args.b32_workers)}
     print(f"torch {torch.__version__}, {len(os.sched_getaffinity(0))} CPUs, device {args.device}, batch "
-          f"{args.batch_size}, JPEG {args.size}; script threads = CPUs - workers (>= 1)\n")
+          f"{args.batch_size}, precision {args.precision}, JPEG {args.size}; script threads = CPUs - workers (>= 1)\n")
     print("| model | images | workers | script img/s | forward bound (before-after) | decode bound | "
           "script / min(bounds) | naive img/s | script / naive | peak MiB: main RSS / + workers' USS |")
     print("|---|---|---|---|---|---|---|---|---|---|")

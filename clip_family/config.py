@@ -88,6 +88,11 @@ class ModelConfig:
     loss: str = "clip"
     lock_image: bool = False
     lock_text: bool = False
+    # partial locking (open_clip ``lock_image_tower(unlocked_groups)`` / ``lock_text_tower(unlocked_layers,
+    # freeze_layer_norm)``): the last N layer groups of a locked tower still train; see ``model.image_lock_groups``
+    lock_image_unlocked_groups: int = 0
+    lock_text_unlocked_layers: int = 0
+    lock_text_freeze_layer_norm: bool = True  # False: the LayerNorms of the locked text layers still train
     init_logit_scale: float = math.log(1 / 0.07)
     init_logit_bias: float | None = None
     variant: str = "CLIP"
@@ -100,6 +105,9 @@ class ModelConfig:
             raise ConfigError(f"variant must be one of {VARIANTS}, got {self.variant!r}")
         if self.embed_dim < 1:
             raise ConfigError(f"embed_dim must be >= 1, got {self.embed_dim}")
+        for name in ("lock_image_unlocked_groups", "lock_text_unlocked_layers"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

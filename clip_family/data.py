@@ -8,7 +8,8 @@
 * :func:`read_table` — CSV/TSV with configurable image and caption columns (open_clip's ``filepath`` / ``title``);
   relative paths are taken under ``image_root`` (default: the table's folder).
 * :func:`iter_webdataset` / :func:`read_webdataset` — ``.tar`` shards of ``{key}.jpg`` + ``{key}.txt``, streamed
-  shard by shard (shard ``i`` goes to rank ``i % world``), read with the standard ``tarfile`` module.
+  shard by shard (shard ``i`` goes to rank ``i % world``: :func:`rank_shards`), read with the standard ``tarfile``
+  module; :func:`count_samples` is the size index of streamed training (:mod:`clip_family.stream`).
 
 Bad rows never crash a reader: a missing image, an empty caption, an unreadable image (decoded once with
 :func:`foundations.images.decode_image` when ``verify`` is on) and a duplicate id are skipped, counted by reason in
@@ -28,6 +29,7 @@ from pathlib import Path
 from clip_family.inputs import IMAGE_SUFFIXES
 from foundations.errors import UserError
 from foundations.images import BadImage, decode_image
+from foundations.jsonl import decoding
 
 logger = logging.getLogger(__name__)
 
@@ -196,7 +198,7 @@ def read_table(path: str | Path, image_column: str = "filepath", caption_column:
     report = ReadReport(str(path))
     groups: dict[str, tuple[Path | bytes, list[str]]] = {}
     seen: set[tuple[str, str]] = set()
-    with path.open(newline="", encoding="utf-8") as fh:
+    with decoding(path, UserError), path.open(newline="", encoding="utf-8") as fh:
         reader = csv.DictReader(fh, delimiter=sep)
         columns = reader.fieldnames or []
         if image_column not in columns or caption_column not in columns:
@@ -227,8 +229,13 @@ def read_table(path: str | Path, image_column: str = "filepath", caption_column:
 
 
 # -- webdataset shards ------------------------------------------------------------------------------------------
-def _shard_samples(shard: Path, report: ReadReport) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """(key, {extension: bytes}) per sample, grouping consecutive members by key (the webdataset convention)."""
+IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp")
+
+
+def _shard_samples(shard: Path, report: ReadReport, read_images: bool = True
+                   ) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """(key, {extension: bytes}) per sample, grouping consecutive members by key (the webdataset convention);
+    without ``read_images`` an image member is only noted (``b""``), its bytes are not read."""
     current: str | None = None
     parts: dict[str, bytes] = {}
     try:
@@ -243,7 +250,8 @@ def _shard_samples(shard: Path, report: ReadReport) -> Iterator[tuple[str, dict[
                     if current is not None:
                         yield current, parts
                     current, parts = key, {}
-                parts[ext] = tar.extractfile(member).read()  # type: ignore[union-attr]
+                skip = not read_images and ext in IMAGE_EXTS
+                parts[ext] = b"" if skip else tar.extractfile(member).read()  # type: ignore[union-attr]
     except (tarfile.TarError, OSError) as exc:
         report.skip("unreadable shard", f"{shard}: {exc}")
     if current is not None:
@@ -255,23 +263,48 @@ def iter_webdataset(shards: Sequence[str | Path], rank: int = 0, world: int = 1,
     """Stream the items of this rank's shards (shard ``i`` for rank ``i % world``), skipping bad samples."""
     report = report or ReadReport(",".join(map(str, shards)))
     seen: set[str] = set()
-    for i, shard in enumerate(shards):
-        if i % world != rank:
-            continue
-        for key, parts in _shard_samples(Path(shard), report):
-            image = next((parts[e] for e in ("jpg", "jpeg", "png", "webp", "bmp") if e in parts), None)
-            caption_lines = [_caption(x) for x in parts.get("txt", b"").decode("utf-8", "replace").splitlines()]
-            captions = tuple(c for c in caption_lines if c)
-            if key in seen:
-                report.skip("duplicate id", f"{shard}: {key}")
-            elif image is None:
-                report.skip("missing image", f"{shard}: {key}")
-            elif not captions:
-                report.skip("empty caption", f"{shard}: {key}")
-            elif _verified(report, key, image, verify):
-                seen.add(key)
+    for i in rank_shards(len(shards), rank, world):
+        for key, image, captions in _usable_samples(Path(shards[i]), report, seen):
+            if _verified(report, key, image, verify):
                 report.read += 1
                 yield Item(key, image, captions)
+
+
+def rank_shards(n_shards: int, rank: int, world: int) -> list[int]:
+    """The shards of ``rank``: shard ``i`` goes to rank ``i % world`` (every shard to exactly one rank)."""
+    return list(range(rank, n_shards, world))
+
+
+def _usable_samples(shard: Path, report: ReadReport, seen: set[str], read_images: bool = True
+                    ) -> Iterator[tuple[str, bytes, tuple[str, ...]]]:
+    """(key, image bytes, captions) of the samples of ``shard`` with an image, a caption and a key not in ``seen``
+    (added to it); the others are skipped and counted. The image is not decoded here."""
+    for key, parts in _shard_samples(shard, report, read_images):
+        image = next((parts[e] for e in IMAGE_EXTS if e in parts), None)
+        caption_lines = [_caption(x) for x in parts.get("txt", b"").decode("utf-8", "replace").splitlines()]
+        captions = tuple(c for c in caption_lines if c)
+        if key in seen:
+            report.skip("duplicate id", f"{shard}: {key}")
+        elif image is None:
+            report.skip("missing image", f"{shard}: {key}")
+        elif not captions:
+            report.skip("empty caption", f"{shard}: {key}")
+        else:
+            seen.add(key)
+            yield key, image, captions
+
+
+def count_samples(shard: str | Path, report: ReadReport | None = None) -> int:
+    """Samples of one shard with an image member, a non-empty caption and a key new in the shard (the index pass of
+    streamed training: tar headers and captions are read, image bytes are skipped and not decoded)."""
+    report = report or ReadReport(str(shard))
+    return sum(1 for _ in _usable_samples(Path(shard), report, set(), read_images=False))
+
+
+def list_shards(source: str) -> list[Path]:
+    """The ``.tar`` shards of ``source``: a folder of them (sorted) or comma-separated paths."""
+    path = Path(source)
+    return sorted(path.glob("*.tar")) if path.is_dir() else [Path(s) for s in source.split(",")]
 
 
 def read_webdataset(shards: Sequence[str | Path], verify: bool = True) -> CaptionDataset:
@@ -312,9 +345,7 @@ def open_dataset(source: str, fmt: str = "auto", image_column: str = "filepath",
     elif fmt in ("csv", "tsv"):
         data = read_table(source, image_column, caption_column, "\t" if fmt == "tsv" else ",", image_root, verify)
     else:
-        path = Path(source)
-        shards = sorted(path.glob("*.tar")) if path.is_dir() else [Path(s) for s in source.split(",")]
-        data = read_webdataset(shards, verify)
+        data = read_webdataset(list_shards(source), verify)
     if not data.items:
         raise UserError(f"{source}: no usable image–caption pairs ({dict(data.report.skipped)} skipped)")
     return data

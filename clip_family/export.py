@@ -27,18 +27,11 @@ _DROP = ("input_resolution", "context_length", "vocab_size")
 
 
 def load_openai_state(path: str | Path) -> dict[str, Tensor]:
-    """The state dict of an OpenAI ``.pt``: a TorchScript archive (the released files) or a plain state dict."""
-    path = Path(path)
-    try:
-        state = torch.jit.load(str(path), map_location="cpu").state_dict()
-    except RuntimeError:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise UserError(f"{path}: not an OpenAI CLIP checkpoint ({type(exc).__name__}: {exc})") from None
-    if not isinstance(state, dict) or "visual.conv1.weight" not in state:
-        raise UserError(f"{path}: not an OpenAI CLIP state dict (no visual.conv1.weight)")
-    return {k: v for k, v in state.items() if k not in _DROP}
+    """The state dict of an OpenAI ``.pt`` (a TorchScript archive, the released files, or a plain state dict), read
+    without unpickling Python objects (:func:`feature_extraction.openai_backbone.read_openai_state`)."""
+    from feature_extraction.openai_backbone import read_openai_state
+
+    return {k: v for k, v in read_openai_state(path).items() if k not in _DROP}
 
 
 def config_from_openai_state(state: dict[str, Tensor]) -> ModelConfig:

@@ -10,6 +10,9 @@ logit scale (and bias, for the sigmoid loss). CLIP (Radford et al. 2021), SigLIP
   ``nn.Linear`` (OpenAI's ``text_projection`` matrix is its transposed weight).
 * transformers towers: any ``AutoModel`` directory (a CLIP/SigLIP dir gives its vision or text half), pooled by
   ``pooler_output`` / CLS (images) or mean / CLS (text), each with its own ``nn.Linear`` projection.
+* LiT locks: :meth:`ClipFamilyModel.lock_image_tower` / :meth:`~ClipFamilyModel.lock_text_tower` (open_clip's names)
+  keep the last N layer groups of a locked tower trainable, grouped as open_clip groups them
+  (:func:`image_lock_groups`, :func:`text_lock_groups`); locked groups stay in eval mode.
 * :meth:`encode_image` takes a path, a list of paths, a folder (its images sorted), a ``PIL.Image`` or a list of
   them, an ``np.ndarray`` (HWC / NHWC uint8) or a ``torch.Tensor`` (CHW / NCHW, already preprocessed)
   (:mod:`clip_family.inputs`); :meth:`encode_text` takes a string or a list of strings.
@@ -17,13 +20,14 @@ logit scale (and bias, for the sigmoid loss). CLIP (Radford et al. 2021), SigLIP
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from clip_family.config import ModelConfig, named_config, tiny_config, with_variant
@@ -31,6 +35,7 @@ from clip_family.inputs import ImageInput, to_pixels
 from clip_family.losses import scale_from_param
 from foundations.config import load_json, save_json
 from foundations.errors import UserError
+from vlt5.checkpoint import read_safetensors
 
 logger = logging.getLogger(__name__)
 
@@ -128,6 +133,10 @@ class HFTextTower(nn.Module):
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
         hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, L, W)
+        return self.pool(hidden, attention_mask)
+
+    def pool(self, hidden: Tensor, attention_mask: Tensor | None) -> Tensor:
+        """(B, L, W) hidden states of any layer -> (B, W) by the tower's pooling (mean over real tokens, or CLS)."""
         if self.pooling == "cls" or attention_mask is None:
             return hidden[:, 0]
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)  # (B, L, 1)
@@ -152,11 +161,98 @@ def _openai_reference(cfg: ModelConfig) -> nn.Module:
     from clip.model import CLIP as OpenAICLIP
 
     image, text = cfg.image, cfg.text
+    if text.kind != "openai":  # only the image tower is kept: build the smallest text transformer clip allows
+        text = dataclasses.replace(text, kind="openai", context_length=1, vocab_size=1, width=64, heads=1, layers=1)
     return OpenAICLIP(embed_dim=cfg.embed_dim, image_resolution=image.image_resolution,
                       vision_layers=image.layers[0] if image.is_vit else image.layers, vision_width=image.width,
                       vision_patch_size=image.patch_size, context_length=text.context_length,
                       vocab_size=text.vocab_size, transformer_width=text.width, transformer_heads=text.heads,
                       transformer_layers=text.layers)
+
+
+# -- locking (LiT) ---------------------------------------------------------------------------------------------------
+LockGroup = list  # modules and parameters that are locked / unlocked together (``nn.Module | nn.Parameter`` items)
+
+
+def image_lock_groups(visual: nn.Module) -> list[LockGroup]:
+    """The image tower's layer groups, first to last; ``lock_image_unlocked_groups = N`` keeps the last N trainable.
+
+    * OpenAI ViT — open_clip's ``VisionTransformer.lock``: [conv1, class + positional embeddings, ln_pre], each
+      block but the last, [last block, ln_post], [proj];
+    * ModifiedResNet (open_clip has no partial lock for it; timm's ResNet grouping): [stem convs + BatchNorms],
+      layer1, layer2, layer3, layer4, [attnpool (its ``c_proj`` is the projection)];
+    * transformers — :func:`hf_lock_groups` (the tower's own projection outside the model is never locked)."""
+    if isinstance(visual, HFVisionTower):
+        return hf_lock_groups(visual.encoder)
+    if hasattr(visual, "transformer"):  # clip.model.VisionTransformer
+        blocks = list(visual.transformer.resblocks)
+        return [[visual.conv1, visual.class_embedding, visual.positional_embedding, visual.ln_pre],
+                *[[b] for b in blocks[:-1]], [blocks[-1], visual.ln_post], [visual.proj]]
+    stem = [visual.conv1, visual.bn1, visual.conv2, visual.bn2, visual.conv3, visual.bn3]  # clip.model.ModifiedResNet
+    return [stem, [visual.layer1], [visual.layer2], [visual.layer3], [visual.layer4], [visual.attnpool]]
+
+
+def text_lock_groups(text: nn.Module, projection: nn.Module) -> list[LockGroup]:
+    """The text tower's layer groups, first to last; ``lock_text_unlocked_layers = N`` keeps the last N trainable.
+
+    * OpenAI text transformer — open_clip's ``lock_text_tower``: [token + positional embeddings], each block but
+      the last, [last block, ln_final], [text projection] (a locked OpenAI text tower locks its projection too);
+    * transformers — :func:`hf_lock_groups`, as open_clip's ``HFTextEncoder.lock`` (its projection always trains)."""
+    if isinstance(text, OpenAITextTower):
+        blocks = list(text.transformer.resblocks)
+        return [[text.token_embedding, text.positional_embedding], *[[b] for b in blocks[:-1]],
+                [blocks[-1], text.ln_final], [projection]]
+    return hf_lock_groups(text.encoder)  # type: ignore[arg-type]
+
+
+def hf_lock_groups(model: nn.Module) -> list[LockGroup]:
+    """A transformers model's groups: [what comes before the layer list (embeddings, pre-LN)], each layer but the
+    last, [last layer + what comes after it (final LN, pooler, head)]; the layer list is the longest
+    ``nn.ModuleList`` (BERT ``encoder.layer``, CLIP / SigLIP ``encoder.layers``). open_clip's ``HFTextEncoder.lock``
+    counts [embeddings, *layers] and never locks what follows the layers unless all are locked: the same sets."""
+    lists = [m for m in model.modules() if isinstance(m, nn.ModuleList) and len(m)]
+    if not lists:
+        raise UserError(f"{type(model).__name__}: no list of layers found for partial locking")
+    blocks = max(lists, key=len)
+
+    def around(module: nn.Module) -> tuple[LockGroup, LockGroup]:
+        before: LockGroup = list(module.parameters(recurse=False))
+        after: LockGroup = []
+        seen = False
+        for child in module.children():
+            if child is blocks:
+                seen = True
+            elif any(m is blocks for m in child.modules()):
+                inner_before, inner_after = around(child)
+                before, after, seen = before + inner_before, after + inner_after, True
+            else:
+                (after if seen else before).append(child)
+        return before, after
+
+    before, after = around(model)
+    return [g for g in ([*before], *[[b] for b in list(blocks)[:-1]], [blocks[-1], *after]) if g]
+
+
+def locked_part(groups: list[LockGroup], unlocked: int) -> list[LockGroup]:
+    """The groups a lock with ``unlocked`` trainable last groups keeps locked (all of them when 0, none when more)."""
+    return groups[:len(groups) - min(unlocked, len(groups))]
+
+
+def lock_groups(groups: list[LockGroup], unlocked: int, freeze_layer_norm: bool = True) -> list[LockGroup]:
+    """``requires_grad`` off for all but the last ``unlocked`` groups (on for those); returns the locked groups.
+    ``freeze_layer_norm=False`` leaves the LayerNorms of the locked groups trainable (open_clip's HF text lock)."""
+    n_locked = len(locked_part(groups, unlocked))
+    for i, group in enumerate(groups):
+        for item in group:
+            for p in [item] if isinstance(item, nn.Parameter) else item.parameters():
+                p.requires_grad_(i >= n_locked)
+    if not freeze_layer_norm:
+        for group in groups[:n_locked]:
+            for item in group:
+                for m in [] if isinstance(item, nn.Parameter) else item.modules():
+                    if isinstance(m, nn.LayerNorm):
+                        m.requires_grad_(True)
+    return groups[:n_locked]
 
 
 # -- the model -------------------------------------------------------------------------------------------------------
@@ -166,6 +262,7 @@ class ClipFamilyModel(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.config = cfg
+        self.pretrained_dir: str | None = None  # the saved model directory it was loaded from, if any
         openai_parts = cfg.image.kind == "openai" or cfg.text.kind == "openai"
         reference = _openai_reference(cfg) if openai_parts else None
         if cfg.image.kind == "openai":
@@ -203,24 +300,59 @@ class ClipFamilyModel(nn.Module):
         return self.text
 
     def apply_locks(self) -> None:
-        """``requires_grad`` off for locked towers (LiT: the image tower, its projection inside or not)."""
-        for p in self.visual.parameters():
-            p.requires_grad_(not self.config.lock_image)
-        for p in self.text.parameters():
-            p.requires_grad_(not self.config.lock_text)
-        if self.config.lock_image and isinstance(self.image_projection, nn.Linear) and self.config.lock_text:
-            self.image_projection.requires_grad_(False)
-        if self.config.variant.startswith("Baseline"):
-            for p in self.parameters():
-                p.requires_grad_(False)
+        """``requires_grad`` off for the locked towers but their last unlocked groups (LiT: the image tower, with its
+        projection when it is inside the tower; a transformers tower's own projection still trains), and off
+        everywhere for the Baseline variants."""
+        cfg = self.config
+        self.requires_grad_(True)
+        if cfg.lock_image:
+            self.visual.requires_grad_(False)
+            lock_groups(image_lock_groups(self.visual), cfg.lock_image_unlocked_groups)
+        if cfg.lock_text:
+            self.text.requires_grad_(False)
+            lock_groups(text_lock_groups(self.text, self.text_projection), cfg.lock_text_unlocked_layers,
+                        cfg.lock_text_freeze_layer_norm)
+        if cfg.variant.startswith("Baseline"):
+            self.requires_grad_(False)
+        from clip_family.peft_towers import keep_only_adapters_trainable
+
+        keep_only_adapters_trainable(self)  # towers wrapped by peft: only their adapters train
+
+    def set_locks(self, **changes: Any) -> None:
+        """Change the config's lock fields (``lock_image``, ``lock_image_unlocked_groups``, ``lock_text``,
+        ``lock_text_unlocked_layers``, ``lock_text_freeze_layer_norm``) and apply them (``requires_grad``, modes)."""
+        self.config = dataclasses.replace(self.config, **changes)
+        self.apply_locks()
+        self.train(self.training)
+
+    def lock_image_tower(self, unlocked_groups: int = 0) -> None:
+        """Lock the image tower but its last ``unlocked_groups`` layer groups (open_clip's ``lock_image_tower``)."""
+        self.set_locks(lock_image=True, lock_image_unlocked_groups=unlocked_groups)
+
+    def lock_text_tower(self, unlocked_layers: int = 0, freeze_layer_norm: bool = True) -> None:
+        """Lock the text tower but its last ``unlocked_layers`` layer groups (open_clip's ``lock_text_tower``)."""
+        self.set_locks(lock_text=True, lock_text_unlocked_layers=unlocked_layers,
+                       lock_text_freeze_layer_norm=freeze_layer_norm)
+
+    def locked_modules(self) -> list[nn.Module]:
+        """The modules a lock keeps in eval mode: a whole locked tower, or the locked groups of a partly locked one."""
+        cfg, out = self.config, []
+        for locked, unlocked, tower, groups in (
+                (cfg.lock_image, cfg.lock_image_unlocked_groups, self.visual, lambda: image_lock_groups(self.visual)),
+                (cfg.lock_text, cfg.lock_text_unlocked_layers, self.text,
+                 lambda: text_lock_groups(self.text, self.text_projection))):
+            if locked and not unlocked:
+                out.append(tower)
+            elif locked:
+                out += [m for g in locked_part(groups(), unlocked) for m in g if isinstance(m, nn.Module)]
+        return out
 
     def train(self, mode: bool = True) -> ClipFamilyModel:
-        """Locked towers stay in eval mode (BatchNorm statistics and dropout of a locked tower never change)."""
+        """Locked towers (or their locked groups) stay in eval mode: their BatchNorm statistics and dropout never
+        change (open_clip's ``freeze_bn_stats``)."""
         super().train(mode)
-        if self.config.lock_image:
-            self.visual.eval()
-        if self.config.lock_text:
-            self.text.eval()
+        for module in self.locked_modules():
+            module.eval()
         return self
 
     def set_gradient_checkpointing(self, enabled: bool = True) -> None:
@@ -273,19 +405,32 @@ class ClipFamilyModel(nn.Module):
                          for i in range(0, n, batch_size)])
         return F.normalize(out, dim=-1) if normalize else out
 
-    def forward(self, pixels: Tensor | None, tokens: dict[str, Tensor], tower_output: Tensor | None = None
-                ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
-        """(normalised image features, normalised text features, exp-ed clamped logit scale, logit bias).
-        ``tower_output`` (B, W): the image tower's stored output (pre-embedding a locked tower) instead of pixels."""
+    def features(self, pixels: Tensor | None, tokens: dict[str, Tensor], tower_output: Tensor | None = None
+                 ) -> tuple[Tensor, Tensor]:
+        """(normalised image features, normalised text features), (B, E) each. ``tower_output`` (B, W): the image
+        tower's stored output (pre-embedding a locked tower) instead of pixels."""
         visual = self.visual(pixels) if tower_output is None else tower_output  # (B, W)
         image = F.normalize(self.image_projection(visual), dim=-1)  # (B, E)
         text = F.normalize(self.text_features(tokens), dim=-1)  # (B, E)
-        return image, text, scale_from_param(self.logit_scale), self.logit_bias
+        return image, text
+
+    def logit_params(self) -> tuple[Tensor, Tensor | None]:
+        """(exp-ed clamped logit scale, logit bias or None)."""
+        return scale_from_param(self.logit_scale), self.logit_bias
+
+    def forward(self, pixels: Tensor | None, tokens: dict[str, Tensor], tower_output: Tensor | None = None
+                ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+        """(normalised image features, normalised text features, exp-ed clamped logit scale, logit bias)."""
+        return *self.features(pixels, tokens, tower_output), *self.logit_params()
 
     # -- files ----------------------------------------------------------------------------------------------------------
     def save_pretrained(self, directory: str | Path) -> None:
         """``config.json`` + ``model.safetensors`` (+ the transformers towers' files, so the dir stands alone)."""
         directory = Path(directory)
+        from clip_family.peft_towers import adapted_towers, save_adapter_checkpoint
+
+        if adapted_towers(self):  # towers with peft adapters: an adapter-only checkpoint
+            return save_adapter_checkpoint(self, directory)
         directory.mkdir(parents=True, exist_ok=True)
         cfg = self.config.to_dict()
         for name, tower in (("image", self.visual), ("text", self.text)):
@@ -310,14 +455,33 @@ class ClipFamilyModel(nn.Module):
             if path and not Path(path).is_absolute():
                 cfg_data[name]["path"] = str(directory / path)
         model = cls(ModelConfig.from_dict(cfg_data, str(directory / CONFIG_NAME)))
+        from clip_family.peft_towers import ADAPTERS_NAME, load_adapters, read_manifest
+
+        if (directory / ADAPTERS_NAME).is_file():  # an adapter-only checkpoint (clip_family.peft_towers)
+            base = read_manifest(directory).get("base")
+            if base:
+                model.load_weights(Path(base) / WEIGHTS_NAME)
+                model.pretrained_dir = base
+            load_adapters(model, directory)
+            return model
         model.load_weights(directory / WEIGHTS_NAME)
+        model.pretrained_dir = str(directory.resolve())  # the base of adapters trained on top of it
         return model
 
+    def load_checkpoint(self, directory: str | Path) -> None:
+        """Load a directory written by :meth:`save_pretrained` into this model in place (full or adapter-only)."""
+        from clip_family.peft_towers import ADAPTERS_NAME, load_adapters
+
+        directory = Path(directory)
+        if (directory / ADAPTERS_NAME).is_file():
+            load_adapters(self, directory)
+        else:
+            self.load_weights(directory / WEIGHTS_NAME)
+
     def load_weights(self, path: Path) -> None:
-        try:
-            state = load_file(str(path))
-        except FileNotFoundError:
-            raise UserError(f"{path}: no such file") from None
+        if not Path(path).is_file():
+            raise UserError(f"{path}: no such file")
+        state = read_safetensors(path)  # a truncated or corrupt file: one line naming it
         missing, unexpected = self.load_state_dict(state, strict=False)
         if missing or unexpected:
             raise UserError(f"{path}: weights do not match the config (missing {missing[:5]}, unexpected "
@@ -351,6 +515,11 @@ def build(spec: str | ModelConfig, variant: str) -> ClipFamilyModel:
     if path.is_dir():
         model = ClipFamilyModel.from_pretrained(path)
         if model.config.variant != variant:
+            from clip_family.peft_towers import adapted_towers
+
+            if adapted_towers(model):
+                raise UserError(f"{path}: an adapter-only checkpoint of variant {model.config.variant}; to train it "
+                                f"as {variant}, merge its adapters first (clip-train --export-merged DIR)")
             fresh = ClipFamilyModel(with_variant(model.config, variant))
             state = {k: v for k, v in model.state_dict().items() if not k.startswith("logit_")}
             state.update({k: v for k, v in fresh.state_dict().items() if k.startswith("logit_")})

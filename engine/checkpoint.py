@@ -19,6 +19,7 @@ step N (crash tests). Moved here from ``retrieval/training/checkpoint.py``.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -32,6 +33,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from foundations.config import from_dict, load_json
+from foundations.errors import ConfigError, UserError
 from foundations.io import complete_dir, write_dir_atomically
 
 logger = logging.getLogger(__name__)
@@ -40,6 +43,7 @@ STATE_JSON = "trainer_state.json"
 STATE_PT = "training_state.pt"
 TRAIN_CONFIG = "train_config.json"
 METRICS = "metrics.json"
+TRAINING_KEYS = ("optimizer", "scheduler", "scaler", "rng")  # what resume_or_init reads from training_state.pt
 KILL_ENV = "VLT5_TRAIN_TEST_KILL"  # tests only: "during_save:N" / "after_save:N" SIGKILLs this process
 
 
@@ -90,6 +94,37 @@ def seed_everything(seed: int) -> None:
 
 
 # -- writing -----------------------------------------------------------------------------------------------------
+class _RecordingWriter(io.RawIOBase):
+    """torch.save's file: torch reports a failed write as ``RuntimeError('unexpected pos ...')``, so the real
+    ``OSError`` (``ENOSPC``: a full disk) is kept here and raised instead."""
+
+    def __init__(self, fh: io.BufferedWriter) -> None:
+        super().__init__()
+        self.fh, self.error = fh, None
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        try:
+            return self.fh.write(data)
+        except OSError as exc:
+            self.error = self.error or exc
+            raise
+
+
+def save_torch(obj: Any, path: Path) -> None:
+    """``torch.save(obj, path)``, raising the ``OSError`` of a failed write (for :func:`foundations.io.disk_errors`)."""
+    with open(path, "wb") as fh:
+        writer = _RecordingWriter(fh)
+        try:
+            torch.save(obj, writer)
+        except RuntimeError:
+            if writer.error is not None:
+                raise writer.error from None
+            raise
+
+
 def save_model_dir(run_dir: Path, name: str, write_model: Callable[[Path], None], step: int = 0) -> Path:
     """Only the model (e.g. ``OUT/init``), written atomically."""
     return write_dir_atomically(run_dir / name, write_model, lambda: maybe_kill("during_save", step))
@@ -105,7 +140,7 @@ def save_checkpoint(run_dir: Path, name: str, write_model: Callable[[Path], None
         (directory / TRAIN_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
         (directory / METRICS).write_text(json.dumps(metrics, indent=2) + "\n")
         if training is not None:
-            torch.save(training, directory / STATE_PT)
+            save_torch(training, directory / STATE_PT)
         (directory / STATE_JSON).write_text(json.dumps(asdict(state), indent=2) + "\n")  # last: the marker
 
     path = write_dir_atomically(run_dir / name, write, lambda: maybe_kill("during_save", state.global_step))
@@ -119,13 +154,32 @@ def find_checkpoint(run_dir: Path, name: str = "last") -> Path | None:
     return complete_dir(run_dir / name, STATE_JSON)
 
 
+DAMAGED = "the checkpoint is damaged: restore it from a copy, or delete {dir} to train from the start"
+
+
 def read_state(directory: Path) -> TrainerState:
-    return TrainerState(**json.loads((directory / STATE_JSON).read_text()))
+    """``trainer_state.json``; a damaged or foreign file is one :class:`UserError` naming it."""
+    path = directory / STATE_JSON
+    try:
+        return from_dict(TrainerState, load_json(path), str(path))
+    except ConfigError as exc:
+        raise UserError(f"{exc}; {DAMAGED.format(dir=directory)}") from None
 
 
 def load_training_state(directory: Path) -> tuple[TrainerState, dict[str, Any]]:
-    """The trainer state and the ``training_state.pt`` dict of a ``last`` checkpoint."""
-    if not (directory / STATE_PT).is_file():
+    """The trainer state and the ``training_state.pt`` dict of a ``last`` checkpoint (read with
+    ``weights_only=True``); a truncated, corrupt or foreign file is one :class:`UserError` naming it."""
+    path = directory / STATE_PT
+    if not path.is_file():
         raise ValueError(f"{directory}: no {STATE_PT}; only a 'last' checkpoint can be resumed")
-    training = torch.load(directory / STATE_PT, map_location="cpu", weights_only=True)
-    return read_state(directory), training
+    state = read_state(directory)
+    try:
+        training = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch reports a truncated zip or a refused pickle as RuntimeError / UnpicklingError
+        first = " ".join(str(exc).split(". ")[0].split())  # never torch's advice to turn weights_only off
+        raise UserError(f"{path}: not a readable training state ({type(exc).__name__}: {first}); "
+                        f"{DAMAGED.format(dir=directory)}") from None
+    missing = [k for k in TRAINING_KEYS if not isinstance(training, dict) or k not in training]
+    if missing:
+        raise UserError(f"{path}: not a training state of this toolkit (no {missing}); {DAMAGED.format(dir=directory)}")
+    return state, training

@@ -24,6 +24,7 @@ logger = logging.getLogger(__name__)
 SCHEDULES = ("linear", "cosine", "constant")
 PRECISIONS = ("fp32", "bf16", "fp16")
 RESUME = ("auto", "yes", "no")
+WANDB_MODES = ("off", "offline", "online")
 _RULE = re.compile(r"^(?P<group>[\w.-]+)@(?P<unit>epoch|step):(?P<at>\d+)$")
 
 
@@ -110,9 +111,14 @@ class LoopConfig:
     tensorboard: bool = field(default=True, metadata=_help("write OUT/tensorboard if tensorboard is installed"))
     progress: bool = field(default=True, metadata=_help("tqdm progress bar"))
     curves: bool = field(default=True, metadata=_help("draw OUT/curves.png at every evaluation"))
+    wandb: str = field(default="off", metadata=_help(
+        "also log to Weights & Biases: offline (a run directory under OUT/wandb, no network; `wandb sync` it "
+        "later) | online | off; needs the wandb package only when on", choices=WANDB_MODES))
+    wandb_project: str = field(default="vlt5r", metadata=_help("the W&B project of --wandb runs"))
 
     def __post_init__(self) -> None:
         choice(self, "resume", RESUME)
+        choice(self, "wandb", WANDB_MODES)
         if self.epochs < 1 or self.log_every < 1:
             raise ConfigError(f"loop.epochs and loop.log_every must be >= 1 (got {self.epochs}, {self.log_every})")
         for name in ("max_steps", "eval_every", "save_every", "threads"):

@@ -11,10 +11,10 @@
    of the run; checks the run dir against ``loop.resume``;
 2. **resume or init** — from ``OUT/last`` (weights, optimizer, scheduler, scaler, task extras, every rank's RNG
    state, data position) or fresh (``config.json``, ``init/``, the task's ``on_fresh_start``, per-rank seeds);
-3. **fit** — for each epoch, for each micro-batch: forward under autocast (bf16/fp16), backward (DDP syncs on the
-   last micro-batch of an accumulation), drop frozen groups' gradients, unscale + clip + step + schedule; every
-   ``log_every`` steps a ``train`` record; every ``eval_every`` steps and at each epoch end **validate**;
-   checkpoints ``last`` at ``save_every`` and epoch ends;
+3. **fit** — for each epoch, for each micro-batch: ``task.training_step`` (forward under autocast (bf16/fp16),
+   backward; DDP syncs on the last micro-batch of an accumulation), drop frozen groups' gradients, unscale +
+   clip + step + schedule; every ``log_every`` steps a ``train`` record; every ``eval_every`` steps and at each
+   epoch end **validate**; checkpoints ``last`` at ``save_every`` and epoch ends;
 4. **validate** — ``task.evaluate()`` on rank 0, ``dev`` record, ``best/`` when the selection metric improves,
    ``curves.png``;
 5. **test** — ``task.test(best)`` on rank 0, ``test`` record.
@@ -26,6 +26,7 @@ Everything before the first step that fails because of the user's files or flags
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import math
@@ -46,7 +47,7 @@ from engine.config import LoopConfig, OptimConfig
 from engine.curves import CURVES_NAME, draw_curves
 from engine.distributed import DistEnv
 from engine.errors import user_errors
-from engine.logs import MetricLogger, read_log
+from engine.logs import MetricLogger, read_log, require_wandb
 from engine.optim import FreezeSchedule, build_optimizer, build_scheduler
 from engine.task import Task
 from foundations.config import save_json
@@ -101,6 +102,8 @@ def setup(loop: LoopConfig, optim: OptimConfig) -> DistEnv:
         raise UserError("precision fp16 needs a CUDA device (GradScaler); use bf16 on the CPU")
     if loop.threads:
         torch.set_num_threads(loop.threads)
+    if loop.wandb != "off":
+        require_wandb(loop.wandb)  # before anything is written, not at the first log record
     ckpt.seed_everything(loop.seed)
     return env
 
@@ -115,7 +118,7 @@ def fit(task: Task, loop: LoopConfig, optim: OptimConfig, config: dict[str, Any]
     run = prepare(task, loop, optim, config, env)
     resume_or_init(run)
     distributed.barrier(env)
-    run.log = MetricLogger(run.run_dir, env.is_main, loop.tensorboard)
+    run.log = MetricLogger(run.run_dir, env.is_main, loop.tensorboard, loop.wandb, loop.wandb_project, config)
     run.model = DistributedDataParallel(task, device_ids=[env.device.index] if env.device.type == "cuda" else None) \
         if env.distributed else task
 
@@ -210,6 +213,8 @@ def train_epoch(run: Run, epoch: int, dev: dict[str, float] | None) -> dict[str,
     task, state, env, loop = run.task, run.state, run.env, run.loop
     accum = run.optim.grad_accum
     autocast_dtype = AUTOCAST.get(run.optim.precision)
+    autocast = functools.partial(torch.autocast, env.device.type, dtype=autocast_dtype,
+                                 enabled=autocast_dtype is not None)
     start = state.step_in_epoch * accum
     batches = task.train_batches(epoch, start, run.steps_per_epoch * accum)
     bar = tqdm(total=run.steps_per_epoch, initial=state.step_in_epoch, desc=f"epoch {epoch + 1}/{loop.epochs}",
@@ -222,9 +227,8 @@ def train_epoch(run: Run, epoch: int, dev: dict[str, float] | None) -> dict[str,
         sync = (micro + 1) % accum == 0
         no_sync = run.model.no_sync() if env.distributed and not sync else contextlib.nullcontext()  # type: ignore
         with no_sync:  # DDP all-reduces gradients only in the backward of an accumulation's last micro-batch
-            with torch.autocast(env.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-                loss, metrics = run.model(batch)  # type: ignore[misc]
-            run.scaler.scale(loss / accum).backward()
+            metrics = task.training_step(run.model, batch, autocast,  # type: ignore[arg-type]
+                                         lambda loss: run.scaler.scale(loss / accum).backward())
         for name, value in metrics.items():
             window[name] = window.get(name, 0.0) + float(value) / accum
         if not sync:
@@ -310,6 +314,8 @@ def validate(run: Run) -> dict[str, float] | None:
     if run.loop.curves:
         draw_curves(read_log(run.run_dir), run.run_dir / CURVES_NAME, task.select_metric,
                     f"{run.run_dir.name}: step {state.global_step}")
+    if dev is not None:
+        task.after_evaluation(run.run_dir)
     return dev
 
 

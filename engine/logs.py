@@ -1,6 +1,8 @@
 """Where training metrics go: the console (logging), ``OUT/log.jsonl`` (one JSON object per record, appended, so a
-resumed run continues the same file) and TensorBoard (``OUT/tensorboard``) when it is installed. Only rank 0
-writes; other ranks get a disabled logger. Moved here from ``retrieval/training/logs.py``.
+resumed run continues the same file), TensorBoard (``OUT/tensorboard``) when it is installed, and Weights & Biases
+when asked (``loop.wandb`` ``offline``: a run directory under ``OUT/wandb`` without network, for ``wandb sync``
+later; ``online``; the package is needed only then). Only rank 0 writes; other ranks get a disabled logger. Moved
+here from ``retrieval/training/logs.py``.
 """
 
 from __future__ import annotations
@@ -25,6 +27,25 @@ def _tensorboard_writer(directory: Path) -> Any:
     return SummaryWriter(str(directory))
 
 
+def require_wandb(mode: str) -> Any:
+    """The ``wandb`` module, or one error line saying how to get it (it is optional)."""
+    try:
+        import wandb
+    except ImportError:
+        from foundations.errors import UserError
+
+        raise UserError(f"--wandb {mode} needs the wandb package (pip install wandb); it is optional: leave --wandb "
+                        "off to log to log.jsonl and TensorBoard only") from None
+    return wandb
+
+
+def _wandb_run(run_dir: Path, mode: str, project: str, config: Mapping[str, Any] | None) -> Any:
+    wandb = require_wandb(mode)
+    settings = wandb.Settings(console="off", quiet=True, x_disable_stats=True)  # no stdout capture, no sampling
+    return wandb.init(project=project, dir=str(run_dir), mode=mode, config=dict(config or {}), name=run_dir.name,
+                      settings=settings)
+
+
 def read_log(run_dir: Path) -> list[dict[str, Any]]:
     """Every record of ``run_dir/log.jsonl`` (a torn last line, from a kill mid-write, is skipped)."""
     path = run_dir / LOG_NAME
@@ -40,12 +61,14 @@ def read_log(run_dir: Path) -> list[dict[str, Any]]:
 
 
 class MetricLogger:
-    def __init__(self, run_dir: Path, enabled: bool = True, tensorboard: bool = True) -> None:
+    def __init__(self, run_dir: Path, enabled: bool = True, tensorboard: bool = True, wandb: str = "off",
+                 wandb_project: str = "vlt5r", config: Mapping[str, Any] | None = None) -> None:
         self.enabled = enabled
         self.path = run_dir / LOG_NAME
         self.tb_dir = run_dir / "tensorboard"
         self._file = open(self.path, "a") if enabled else None
         self._tb = _tensorboard_writer(self.tb_dir) if enabled and tensorboard else None
+        self._wandb = _wandb_run(run_dir, wandb, wandb_project, config) if enabled and wandb != "off" else None
 
     @property
     def has_tensorboard(self) -> bool:
@@ -58,10 +81,13 @@ class MetricLogger:
         record = {"kind": kind, "step": step, "time": round(time.time(), 3), **values}
         self._file.write(json.dumps(record) + "\n")
         self._file.flush()
+        numbers = {f"{kind}/{k}": v for k, v in values.items()
+                   if isinstance(v, (int, float)) and not isinstance(v, bool)}
         if self._tb is not None:
-            for name, value in values.items():
-                if isinstance(value, (int, float)) and not isinstance(value, bool):
-                    self._tb.add_scalar(f"{kind}/{name}", value, step)
+            for name, value in numbers.items():
+                self._tb.add_scalar(name, value, step)
+        if self._wandb is not None:
+            self._wandb.log(numbers, step=step)
         if console:
             shown = "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in values.items())
             logger.info("[%s] step %d  %s", kind, step, shown)
@@ -71,3 +97,5 @@ class MetricLogger:
             self._file.close()
         if self._tb is not None:
             self._tb.close()
+        if self._wandb is not None:
+            self._wandb.finish()

@@ -5,6 +5,9 @@ owns everything that is about *its* problem:
 
 * ``training_forward(batch) -> (loss, metrics)`` — the scalar loss of one micro-batch and detached scalar metrics
   to log (``loss`` among them; a ``temperature`` entry is drawn in ``curves.png``);
+* ``training_step(model, batch, autocast, backward) -> metrics`` — what the engine calls per micro-batch: by
+  default one forward through ``model`` (the task, or DDP around it) and one ``backward(loss)``; a task whose
+  loss couples the rows of a batch overrides it to run the batch in pieces (CLIP's feature-cache accumulation);
 * ``param_groups()`` — named AdamW groups ``{"name", "params", "lr", "weight_decay"?}`` (per-group learning rates;
   the names are what ``optim.freeze_at`` / ``unfreeze_at`` refer to);
 * data: ``micro_batches_per_epoch()`` (global micro-batches, the same on every rank) and
@@ -13,7 +16,8 @@ owns everything that is about *its* problem:
 * ``evaluate()`` — dev metrics (rank 0 only; no collectives), ``select_metric`` / ``select_mode`` pick ``best/``;
 * the model's files: ``save_model(dir)`` / ``load_model(dir)``, plus ``extra_state()`` / ``load_extra_state()`` for
   training-only tensors kept in ``training_state.pt`` (e.g. a learned log temperature);
-* hooks: ``on_fresh_start(run_dir)`` (rank 0, before the first step of a new run: baselines) and
+* hooks: ``on_fresh_start(run_dir)`` (rank 0, before the first step of a new run: baselines),
+  ``after_evaluation(run_dir)`` (rank 0, once each ``dev`` record is logged: plots of the run so far) and
   ``test(best_dir)`` (rank 0, after training: the final test metrics).
 
 A Task is an ``nn.Module`` whose ``forward`` is ``training_forward``, so DDP can wrap it.
@@ -23,7 +27,8 @@ from __future__ import annotations
 
 import abc
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +61,16 @@ class Task(nn.Module, abc.ABC):
     @abc.abstractmethod
     def training_forward(self, batch: Any) -> tuple[Tensor, dict[str, Tensor]]:
         """(scalar loss of this rank's micro-batch, detached scalar metrics including ``loss``)."""
+
+    def training_step(self, model: nn.Module, batch: Any, autocast: Callable[[], AbstractContextManager[Any]],
+                      backward: Callable[[Tensor], None]) -> dict[str, Tensor]:
+        """One micro-batch: the forward pass(es) through ``model`` (this task, or DDP around it) under ``autocast()``
+        and ``backward(loss)`` for each loss (the engine scales it for precision and accumulation); returns the
+        metrics. Override it to compute one batch's loss in pieces with several backward passes."""
+        with autocast():
+            loss, metrics = model(batch)
+        backward(loss)
+        return metrics
 
     @abc.abstractmethod
     def param_groups(self) -> list[dict[str, Any]]:
@@ -93,6 +108,9 @@ class Task(nn.Module, abc.ABC):
 
     def on_fresh_start(self, run_dir: Path) -> None:
         """Rank 0, once, before the first step of a new run (after ``config.json`` and ``init/``)."""
+
+    def after_evaluation(self, run_dir: Path) -> None:
+        """Rank 0, after each evaluation's ``dev`` record is in ``log.jsonl`` (e.g. a plot of the run so far)."""
 
     def test(self, best: Path | None) -> dict[str, float] | None:
         """Rank 0, after training: final metrics with the best checkpoint (``best`` dir, or None: current model)."""

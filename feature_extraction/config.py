@@ -17,6 +17,8 @@ from foundations.errors import UsageError
 from foundations.images import DEFAULT_MAX_PIXELS
 
 DTYPES = ("float16", "float32")
+PRECISIONS = ("fp32", "bf16", "fp16")  # the forward's arithmetic (feature_extraction.speed); DTYPES is storage
+DECODERS = ("cpu", "gpu")
 
 
 @dataclass(frozen=True)
@@ -57,11 +59,14 @@ class ExtractConfig:
     images: Path | None = None
     image_list: Path | None = None
     texts: Path | None = None
-    batch_size: int = 64
+    batch_size: int | str = 64  # or "auto" (feature_extraction.speed.auto_batch_size), resolved by extract()
     num_workers: int | None = None  # DataLoader decoding workers; default: see decode_workers()
     threads: int | None = None  # torch CPU threads; default: the CPUs left over by the DataLoader workers
     device: str = "auto"
     dtype: str = "float16"
+    precision: str | None = None  # fp32 | bf16 | fp16; None: fp16 on CUDA, fp32 elsewhere (speed.resolve_precision)
+    decode: str = "cpu"  # "gpu": JPEGs decoded + preprocessed on the compute device (device_decode)
+    compile: bool = False  # torch.compile the image tower (warm-up reported)
     image_size: int | None = None
     grid: bool = True
     shard: ShardSpec = ShardSpec()
@@ -81,9 +86,16 @@ class ExtractConfig:
                 raise UsageError(f"{flag} {path}: no such file")
         if self.dtype not in DTYPES:
             raise UsageError(f"--dtype must be one of {DTYPES}, got {self.dtype!r}")
-        if self.batch_size < 1 or (self.num_workers or 0) < 0 or self.chunk_size < 1 or self.max_pixels < 1 or \
+        if self.precision is not None and self.precision not in PRECISIONS:
+            raise UsageError(f"--precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.decode not in DECODERS:
+            raise UsageError(f"--decode must be one of {DECODERS}, got {self.decode!r}")
+        if self.decode == "gpu" and self.texts is not None:
+            raise UsageError("--decode gpu decodes images; it does not apply to --texts")
+        bad_batch = self.batch_size != "auto" and (not isinstance(self.batch_size, int) or self.batch_size < 1)
+        if bad_batch or (self.num_workers or 0) < 0 or self.chunk_size < 1 or self.max_pixels < 1 or \
                 (self.threads is not None and self.threads < 1):
-            raise UsageError("--batch-size, --chunk-size, --max-pixels and --threads must be >= 1, "
+            raise UsageError("--batch-size (or auto), --chunk-size, --max-pixels and --threads must be >= 1, "
                              "--num-workers >= 0")
         if self.image_size is not None and self.image_size < 8:
             raise UsageError(f"--image-size {self.image_size} is too small")
@@ -113,4 +125,5 @@ class ExtractConfig:
 
     @property
     def batches_per_chunk(self) -> int:
+        assert isinstance(self.batch_size, int), "batch size 'auto' is resolved by extract() first"
         return max(1, -(-self.chunk_size // self.batch_size))

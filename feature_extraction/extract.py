@@ -7,6 +7,7 @@ split.  :func:`extract` is the one entry point (the CLI ``clip_prepro_feats.py``
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -23,13 +24,16 @@ from feature_extraction.backbones import Backbone, load_backbone
 from feature_extraction.config import ExtractConfig
 from foundations.device import resolve_device
 from foundations.errors import UsageError
-from feature_extraction.inputs import Listing, Skip, list_inputs
-from feature_extraction.loader import make_loader
+from feature_extraction.inputs import Listing, Skip, list_inputs, text_of_name
+from feature_extraction.device_decode import DeviceDecoder
+from feature_extraction.loader import Batch, make_loader
+from feature_extraction.speed import (auto_batch_size, autocast, compile_tower, pad_batch, prepare_tower,
+                                      resolve_precision, to_device, weights_dtype)
 from feature_extraction.spool import Spool, consolidate, exclusive_run
 from feature_extraction.spool_writer import SpoolWriter
 from feature_extraction.store import FORMAT_NAME, FORMAT_VERSION, FeatureFileError, H5FeatureStore
 from feature_extraction.writer import COMPAT_KEYS, Block, attrs_mismatch, read_skip_record
-from foundations.io import atomic_replace
+from foundations.io import atomic_replace, check_writable_dir
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +48,8 @@ class ExtractSummary:
     encode_seconds: float = 0.0  # the encoding loop alone (the rate shown)
     nothing_to_do: bool = False
     sidecar: Path | None = None
+    compile_seconds: float = 0.0  # --compile: the warm-up batch (the compile itself), not in the rate
+    decoded_on_cpu: Counter[str] = field(default_factory=Counter)  # --decode gpu: files the CPU decoded, by reason
 
     def text(self) -> str:
         skipped = ", ".join(f"{n} {c}" for c, n in sorted(self.skipped.items())) or "none"
@@ -53,7 +59,14 @@ class ExtractSummary:
             rate = self.written / self.encode_seconds if self.encode_seconds > 0 else 0.0
             head = f"written {self.written} ({rate:.1f} items/s), file now {self.total_rows} rows: {self.out}"
         tail = f" (listed in {self.sidecar})" if self.sidecar and sum(self.skipped.values()) else ""
-        return f"{head}\nskipped {sum(self.skipped.values())}: {skipped}{tail}\nelapsed {self.elapsed:.1f} s"
+        extra = ""
+        if self.decoded_on_cpu:
+            reasons = ", ".join(f"{n} {r}" for r, n in sorted(self.decoded_on_cpu.items()))
+            extra += f"\ndecoded on the CPU instead of the device: {sum(self.decoded_on_cpu.values())}: {reasons}"
+        if self.compile_seconds:
+            extra += f"\ntorch.compile warm-up {self.compile_seconds:.1f} s (not in the rate)"
+        return (f"{head}\nskipped {sum(self.skipped.values())}: {skipped}{tail}{extra}\n"
+                f"elapsed {self.elapsed:.1f} s")
 
 
 def build_attrs(backbone: Backbone, cfg: ExtractConfig) -> dict[str, Any]:
@@ -61,13 +74,13 @@ def build_attrs(backbone: Backbone, cfg: ExtractConfig) -> dict[str, Any]:
     attrs: dict[str, Any] = dict(
         format_name=FORMAT_NAME, format_version=FORMAT_VERSION, modality=cfg.modality, backbone=cfg.backbone,
         backbone_family=backbone.family, backbone_arch=backbone.arch, backbone_path=backbone.weights_path,
-        backbone_sha256=backbone.weights_sha256, fc_dim=backbone.fc_dim, dtype=cfg.dtype,
+        backbone_sha256=backbone.weights_sha256, fc_dim=backbone.fc_dim, dtype=cfg.dtype, precision=cfg.precision,
         num_shards=cfg.shard.num_shards, shard_id=cfg.shard.shard_id, has_grid=cfg.grid and cfg.modality == "image")
     if cfg.modality == "image":
         attrs.update(image_size=backbone.image_size, native_image_size=backbone.native_image_size,
                      pos_embed_interpolated=backbone.image_size != backbone.native_image_size,
                      grid_hw=list(backbone.grid_hw), grid_dim=backbone.grid_dim if attrs["has_grid"] else 0,
-                     preprocessing=backbone.preprocessing)
+                     preprocessing=backbone.preprocessing, decode=cfg.decode)
     else:
         attrs.update(tokenization=backbone.tokenization)
     return attrs
@@ -82,13 +95,24 @@ def read_existing(out: Path, attrs: dict[str, Any]) -> tuple[set[str], set[str]]
     except (FeatureFileError, OSError) as exc:
         raise UsageError(f"--out {out} exists but is not a feature file written by this tool ({exc})") from exc
     with store:
-        problems, cfg_backbone = attrs_mismatch(store.attrs, attrs), attrs["backbone"]
+        problems, cfg_backbone = attrs_mismatch(legacy_defaults(store.attrs), attrs), attrs["backbone"]
         if problems:
             raise UsageError(f"--out {out} was written with backbone {store.attrs.get('backbone')!r} and other "
                              f"settings than this run ({cfg_backbone!r}): {'; '.join(problems)}; refusing to append, "
                              "use another --out or the same settings")
         written = set(store.ids)
     return written, {s.item_id for s in read_skip_record(out)}
+
+
+def legacy_defaults(attrs: Any) -> dict[str, Any]:
+    """A file written before ``precision`` / ``decode`` were recorded was decoded on the CPU, and computed in fp32
+    when stored as float32 (a float16 one: fp16 on a GPU, fp32 on a CPU; unknown, so appending to it is refused)."""
+    have = dict(attrs)
+    if "precision" not in have and have.get("dtype") == "float32":
+        have["precision"] = "fp32"
+    if "decode" not in have and have.get("modality") == "image":
+        have["decode"] = "cpu"
+    return have
 
 
 def write_sidecar(out: Path, skipped: list[Skip]) -> Path | None:
@@ -98,22 +122,32 @@ def write_sidecar(out: Path, skipped: list[Skip]) -> Path | None:
         path.unlink(missing_ok=True)
         return None
     tmp = path.with_name(path.name + ".tmp")
-    clean = [[str(v).replace("\t", " ").replace("\n", " ") for v in (s.item_id, s.category, s.detail, s.source)]
-             for s in skipped]
-    tmp.write_text("id\tcategory\tdetail\tsource\n" + "".join("\t".join(row) + "\n" for row in clean))
+    fields = ("item_id", "category", "detail", "source")
+    clean = [[text_of_name(str(getattr(s, f))).replace("\t", " ").replace("\n", " ") for f in fields] for s in skipped]
+    tmp.write_text("id\tcategory\tdetail\tsource\n" + "".join("\t".join(row) + "\n" for row in clean), encoding="utf-8")
     atomic_replace(tmp, path)
     return path
 
 
 def to_numpy(x: torch.Tensor, dtype: str) -> np.ndarray:
-    return x.detach().to("cpu", torch.float32 if dtype == "float32" else x.dtype).numpy().astype(dtype, copy=False)
+    """``x`` as a numpy array of the stored ``dtype`` (bf16 goes through float32: numpy has no bfloat16)."""
+    wide = dtype == "float32" or x.dtype == torch.bfloat16
+    return x.detach().to("cpu", torch.float32 if wide else x.dtype).numpy().astype(dtype, copy=False)
 
 
-def encode_all(todo: Listing, backbone: Backbone, cfg: ExtractConfig, writer: SpoolWriter) -> None:
-    """The hot loop: the DataLoader's workers decode ahead, the model encodes, the writer thread stores."""
+def encode_all(todo: Listing, backbone: Backbone, cfg: ExtractConfig, writer: SpoolWriter,
+               channels_last: bool = False) -> Counter[str]:
+    """The hot loop: the DataLoader's workers decode ahead (or, with ``--decode gpu``, read JPEG bytes that the
+    device decodes here), the model encodes at ``cfg.precision``, the writer thread stores. Returns the files the
+    CPU decoded instead of the device, by reason."""
     on_cuda = backbone.device.startswith("cuda")
+    device_decode = cfg.decode == "gpu" and cfg.modality == "image"
     loader = make_loader(todo, cfg.batch_size, cfg.decode_workers(backbone.device), backbone.preprocess,
-                         backbone.tokenize, cfg.max_pixels, pin_memory=on_cuda)
+                         backbone.tokenize, cfg.max_pixels, pin_memory=on_cuda, device_decode=device_decode)
+    decoder = DeviceDecoder(backbone.device, backbone.tensor_preprocess, backbone.preprocess,  # type: ignore[arg-type]
+                            cfg.max_pixels) if device_decode else None
+    on_cpu: Counter[str] = Counter()
+    pad_to = cfg.batch_size if cfg.compile and cfg.modality == "image" else 0  # one shape for the compiled graph
     want_grid = cfg.grid and cfg.modality == "image"
     grid_shape = (backbone.grid_hw[0] * backbone.grid_hw[1], backbone.grid_dim)
     delay = float(os.environ.get("VLT5_EXTRACT_TEST_DELAY", "0"))  # test-only: slow down to kill mid-run
@@ -121,11 +155,22 @@ def encode_all(todo: Listing, backbone: Backbone, cfg: ExtractConfig, writer: Sp
     with torch.inference_mode(), tqdm(total=len(todo.ids), unit=unit, disable=not cfg.progress,
                                       mininterval=1.0, dynamic_ncols=True) as bar:
         for batch in loader:
+            if decoder is not None and batch.ids:
+                decoded = decoder(batch.ids, batch.inputs)  # type: ignore[arg-type]
+                for item_id, reason, detail in decoded.on_cpu:
+                    logger.info("%s: decoded on the CPU: %s (%s)", item_id, reason, detail)
+                    on_cpu[reason] += 1
+                batch = Batch(decoded.ids, decoded.pixels, batch.skipped + decoded.skipped)
             if batch.ids and cfg.modality == "image":
-                pixels = batch.inputs.to(backbone.device, non_blocking=on_cuda)  # type: ignore[union-attr]
-                fc, grid = backbone.encode_images(pixels, want_grid)  # (B, D), (B, T, C)
+                n = batch.inputs.shape[0]  # type: ignore[union-attr]
+                pixels = pad_batch(batch.inputs, pad_to)  # type: ignore[arg-type]
+                pixels = to_device(pixels, backbone.device, channels_last)
+                with autocast(backbone.device, cfg.precision):  # type: ignore[arg-type]
+                    fc, grid = backbone.encode_images(pixels, want_grid)  # (B, D), (B, T, C)
+                fc, grid = fc[:n], None if grid is None else grid[:n]
             elif batch.ids:
-                fc, grid = backbone.encode_texts(batch.inputs), None  # type: ignore[arg-type]
+                with autocast(backbone.device, cfg.precision):  # type: ignore[arg-type]
+                    fc, grid = backbone.encode_texts(batch.inputs), None  # type: ignore[arg-type]
             else:  # every item of this batch was skipped
                 fc = torch.empty(0, backbone.fc_dim)
                 grid = torch.empty(0, *grid_shape) if want_grid else None
@@ -136,10 +181,11 @@ def encode_all(todo: Listing, backbone: Backbone, cfg: ExtractConfig, writer: Sp
             bar.update(len(batch.ids) + len(batch.skipped))
             if delay:
                 time.sleep(delay)
+    return on_cpu
 
 
 def _resume_or_run(out: Path, listing: Listing, backbone: Backbone, attrs: dict[str, Any],
-                   cfg: ExtractConfig) -> ExtractSummary:
+                   cfg: ExtractConfig, channels_last: bool = False) -> ExtractSummary:
     """Everything that touches ``out`` and its spool (called with the run lock held)."""
     written_before, skipped_before = read_existing(out, attrs)
     spool = Spool(out)
@@ -157,8 +203,9 @@ def _resume_or_run(out: Path, listing: Listing, backbone: Backbone, attrs: dict[
         spool.remove()
         summary.nothing_to_do, summary.total_rows = True, len(written_before)
         return summary
-    logger.info("%s: %d to encode, %d already done, batch %d, device %s", out, len(todo.ids),
-                len(listing.ids) - len(todo.ids), cfg.batch_size, backbone.device)
+    logger.info("%s: %d to encode, %d already done, batch %d, device %s, precision %s, decode %s", out,
+                len(todo.ids), len(listing.ids) - len(todo.ids), cfg.batch_size, backbone.device, cfg.precision,
+                cfg.decode)
     grid_shape = (backbone.grid_hw[0] * backbone.grid_hw[1], backbone.grid_dim) if attrs["has_grid"] else None
     chunks = spool.chunks()
     first_chunk = int(chunks[-1].stem.split("-")[1]) + 1 if chunks else 0
@@ -167,9 +214,14 @@ def _resume_or_run(out: Path, listing: Listing, backbone: Backbone, attrs: dict[
     if not backbone.device.startswith("cuda"):
         torch.set_num_threads(cfg.cpu_threads())
         logger.info("CPU forward on %d threads, %d decoding workers", cfg.cpu_threads(), cfg.decode_workers("cpu"))
-    encode_start = time.perf_counter()
     try:
-        encode_all(todo, backbone, cfg, writer)
+        if cfg.compile and cfg.modality == "image":
+            summary.compile_seconds = compile_tower(
+                backbone, cfg.batch_size, attrs["has_grid"], cfg.precision, channels_last)  # type: ignore[arg-type]
+        elif cfg.compile:
+            logger.warning("--compile: only image towers are compiled; texts run eagerly")
+        encode_start = time.perf_counter()
+        summary.decoded_on_cpu = encode_all(todo, backbone, cfg, writer, channels_last)
     finally:
         stats = writer.close()
         torch.set_num_threads(threads_before)
@@ -184,20 +236,29 @@ def extract(cfg: ExtractConfig) -> ExtractSummary:
     """Run (or resume, or append to) one extraction; see ``docs/extraction.md``."""
     start = time.perf_counter()
     out = cfg.shard.output_path(Path(cfg.out))
+    check_writable_dir(out.parent)  # before the listing and the model: one line, not a failure an hour in
     listing = list_inputs(cfg.images, cfg.image_list, cfg.texts)
     if not listing.ids and not listing.skipped:
         raise UsageError(f"found nothing to encode in {cfg.images or cfg.image_list or cfg.texts}")
-    listing = listing.shard(cfg.shard, cfg.batch_size)
     device = resolve_device(cfg.device)
-    on_cuda = device.startswith("cuda")
-    if cfg.dtype == "float16" and not on_cuda:
-        logger.info("--dtype float16 on %s: computing in float32, storing float16", device)
-    compute_dtype = torch.float16 if cfg.dtype == "float16" and on_cuda else torch.float32
-    backbone = load_backbone(cfg.backbone, device, compute_dtype, cfg.image_size if cfg.modality == "image" else None)
+    precision = resolve_precision(cfg.precision, device)
+    if cfg.decode == "gpu" and not device.startswith("cuda"):
+        logger.warning("--decode gpu on %s: torchvision decodes the JPEGs on the CPU, in the main process", device)
+    logger.info("computing in %s, storing %s, on %s", precision, cfg.dtype, device)
+    backbone = load_backbone(cfg.backbone, device, weights_dtype(precision),
+                             cfg.image_size if cfg.modality == "image" else None)
+    if cfg.decode == "gpu" and backbone.tensor_preprocess is None:
+        raise UsageError(f"--decode gpu: {cfg.backbone} preprocesses with its own image processor ({backbone.family});"
+                         " the device path reproduces CLIP's transform only (OpenAI-format models): use --decode cpu")
+    channels_last = cfg.modality == "image" and prepare_tower(backbone)
+    batch_size = auto_batch_size(backbone, cfg.modality, precision, cfg.grid, channels_last) \
+        if cfg.batch_size == "auto" else cfg.batch_size
+    cfg = dataclasses.replace(cfg, precision=precision, batch_size=batch_size)
+    listing = listing.shard(cfg.shard, batch_size)  # type: ignore[arg-type]
     attrs = build_attrs(backbone, cfg)
 
     with exclusive_run(out):
-        summary = _resume_or_run(out, listing, backbone, attrs, cfg)
+        summary = _resume_or_run(out, listing, backbone, attrs, cfg, channels_last)
     summary.sidecar = write_sidecar(out, read_skip_record(out) + listing.skipped)
     summary.elapsed = time.perf_counter() - start
     return summary

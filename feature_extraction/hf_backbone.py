@@ -103,6 +103,9 @@ class HFClip(Backbone):
                                             interpolate_pos_encoding=self._interpolate)
         return out.pooler_output, (out.last_hidden_state[:, 1:, :] if grid else None)  # (N, D), (N, h*w, C)
 
+    def image_tower(self) -> torch.nn.Module:
+        return self.model.vision_model
+
     def encode_texts(self, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
         tokens = {k: v.to(self.device) for k, v in tokens.items()}
         return self.model.get_text_features(**tokens).pooler_output  # (N, D)

@@ -4,7 +4,9 @@ The reader stage of clip-retrieval's split (reader -> mapper -> writer).  Listin
 main process: it fixes the *canonical item order* that sharding, batching, resume and merging all rely on.
 
 * ``--images DIR``: every file below DIR with a common image suffix, sorted by relative POSIX path;
-  id = relative path without suffix (``cats/001.jpg`` -> ``cats/001``).
+  id = relative path without suffix (``cats/001.jpg`` -> ``cats/001``). Symlinked folders are followed, each
+  folder listed once (a symlink loop is skipped with a reason); a file name that is not UTF-8 gets a reversible
+  id with ``\\xNN`` for each undecodable byte (:func:`text_of_name`).
 * ``--image-list FILE``: lines ``path`` or ``id<TAB>path``, in file order; relative paths are relative to the
   list file's folder; a ``path``-only line gets the id ``path`` without its suffix.
 * ``--texts FILE.jsonl``: ``{"id", "text"}`` per line, in file order; only byte offsets are kept, workers read
@@ -19,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -70,16 +73,74 @@ class Listing:
         return Listing(self.modality, self.ids[first:last], self.sources[first:last], listing_skips, self.text_file)
 
 
-def list_image_dir(root: Path) -> Listing:
-    listing, seen = Listing("image"), {}
+def text_of_name(name: str) -> str:
+    """A file name as valid UTF-8 text: identical for a UTF-8 name; each byte of a name that is not UTF-8 (which
+    Python holds as a lone surrogate U+DC80..U+DCFF, PEP 383) becomes the four characters ``\\xNN``, so
+    ``b"caf\\xe9.jpg"`` (Latin-1) gets the id ``caf\\xe9``. Reversible: :func:`name_of_text`."""
+    try:
+        raw = name.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a lone surrogate that is not an escaped byte (e.g. from JSON text)
+        return name.encode("utf-8", "backslashreplace").decode("utf-8")
+    return raw.decode("utf-8", "backslashreplace")
+
+
+def name_of_text(text: str) -> bytes:
+    """The file name bytes an id made by :func:`text_of_name` came from (``\\xNN`` back to the byte NN)."""
+    return re.sub(rb"\\x([0-9a-f]{2})", lambda m: bytes([int(m.group(1), 16)]), text.encode("utf-8"))
+
+
+def walk_images(root: Path) -> tuple[list[str], list[Skip]]:
+    """Relative POSIX paths of every image file below ``root``, following symlinked folders, and the folders
+    skipped. A folder is listed once, by ``(st_dev, st_ino)``: a symlink back to an ancestor (``self -> .``,
+    ``sub/up -> ..``) is skipped as ``symlink loop``, a second link to a folder already listed as ``repeated
+    folder``; real folders are walked before linked ones, so a folder is listed under its real path. An unreadable
+    folder is skipped too. Skipped folders have the id ``REL/`` (an image id never ends in ``/``)."""
     found: list[str] = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames.sort()
-        for name in filenames:
-            if Path(name).suffix.lower() in IMAGE_SUFFIXES:
-                found.append(Path(dirpath, name).relative_to(root).as_posix())
+    skipped: list[Skip] = []
+    visited: dict[tuple[int, int], str] = {}
+    real: list[tuple[str, str]] = [(str(root), "")]  # (path, rel) still to walk: real folders first,
+    linked: list[tuple[str, str]] = []  # then linked ones, in sorted order
+    while real or linked:
+        path, rel = real.pop() if real else linked.pop(0)
+        try:
+            st = os.stat(path)
+            key = (st.st_dev, st.st_ino)
+            if key in visited:
+                first = visited[key]
+                loop = first == "" or rel.startswith(first + "/")
+                detail = f"links to {'the root folder' if first == '' else first + '/'}, already listed"
+                skipped.append(Skip(rel + "/", "symlink loop" if loop else "repeated folder", detail, rel))
+                continue
+            visited[key] = rel
+            with os.scandir(path) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as exc:
+            skipped.append(Skip(rel + "/", "unreadable folder", exc.strerror or str(exc), rel))
+            continue
+        subdirs: list[tuple[str, str]] = []
+        for entry in entries:
+            entry_rel = f"{rel}/{entry.name}" if rel else entry.name
+            try:
+                is_dir = entry.is_dir()  # follows symlinks; a broken link is a file (skipped later as unreadable)
+            except OSError:
+                is_dir = False
+            if is_dir:
+                (linked if entry.is_symlink() else subdirs).append((entry.path, entry_rel))
+            elif Path(entry.name).suffix.lower() in IMAGE_SUFFIXES:
+                found.append(entry_rel)
+        real.extend(reversed(subdirs))
+        linked.sort(key=lambda item: item[1])
+    return found, skipped
+
+
+def list_image_dir(root: Path) -> Listing:
+    """Every image below ``root`` (:func:`walk_images`); id = relative path without suffix, as UTF-8 text
+    (:func:`text_of_name`)."""
+    listing, seen = Listing("image"), {}
+    found, listing.skipped = walk_images(root)
     for rel in sorted(found):
-        listing.add(str(Path(rel).with_suffix("").as_posix()), str(root / rel), rel, seen)
+        text = text_of_name(rel)
+        listing.add(str(Path(text).with_suffix("").as_posix()), str(root / rel), text, seen)
     logger.info("%s: %d images", root, len(listing.ids))
     return listing
 
@@ -110,7 +171,7 @@ def list_texts(jsonl: Path) -> Listing:
             if problem is not None:
                 listing.skipped.append(Skip(f"<line {line_no}>", problem[0], problem[1], where))
                 continue
-            listing.add(str(json.loads(raw)["id"]), start, where, seen)
+            listing.add(text_of_name(str(json.loads(raw)["id"])), start, where, seen)
     return listing
 
 

@@ -29,7 +29,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from feature_extraction.store import FeatureFileError, Features, FeatureStore
+from feature_extraction.store import FeatureFileError, Features, FeatureStore, open_h5
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ class VLT5H5Store(FeatureStore):
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        self._file = h5py.File(self.path, "r")
+        self._file = open_h5(self.path)
         self._ids = [k for k, v in self._file.items() if isinstance(v, h5py.Group) and "features" in v]
 
     _attrs = {"layout": "vl-t5-h5"}
@@ -96,7 +96,7 @@ class VLAdapterDirStore(FeatureStore):
     has_grid = True
 
     def _read_one(self, item_id: str) -> tuple[np.ndarray, np.ndarray | None]:
-        with h5py.File(self._files[item_id], "r") as f:
+        with open_h5(self._files[item_id]) as f:
             if item_id in f and isinstance(f[item_id], h5py.Group):
                 return _region_group(f[item_id])
             groups = [g for g in f.values() if isinstance(g, h5py.Group) and "features" in g]

@@ -17,15 +17,17 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from feature_extraction.decode import load_and_preprocess
+from feature_extraction.device_decode import read_for_device
 from feature_extraction.inputs import Listing, Skip, read_text
 
 
 @dataclass
 class Batch:
-    """One batch as it reaches the model. ``inputs`` is (B, 3, H, W) pixels or a dict of token tensors."""
+    """One batch as it reaches the model. ``inputs`` is (B, 3, H, W) pixels, a dict of token tensors, or with
+    ``--decode gpu`` a list of ``JpegFile`` / ``OnCpu`` items (one per id)."""
 
     ids: list[str]
-    inputs: torch.Tensor | dict[str, torch.Tensor] | None
+    inputs: torch.Tensor | dict[str, torch.Tensor] | list[Any] | None
     skipped: list[Skip]
 
     def pin_memory(self) -> Batch:  # called by DataLoader(pin_memory=True)
@@ -37,15 +39,19 @@ class Batch:
 
 
 class ImageDataset(Dataset):
+    """Decoded, preprocessed pixels per item (``load_and_preprocess``); with ``device_decode``, a JPEG's bytes for
+    the device decoder instead (:func:`~feature_extraction.device_decode.read_for_device`)."""
+
     def __init__(self, ids: Sequence[str], paths: Sequence[str], preprocess: Callable[[Any], torch.Tensor],
-                 max_pixels: int) -> None:
+                 max_pixels: int, device_decode: bool = False) -> None:
         self.ids, self.paths, self.preprocess, self.max_pixels = ids, paths, preprocess, max_pixels
+        self.read = read_for_device if device_decode else load_and_preprocess
 
     def __len__(self) -> int:
         return len(self.ids)
 
-    def __getitem__(self, i: int) -> tuple[str, torch.Tensor | Skip]:
-        return self.ids[i], load_and_preprocess(self.ids[i], self.paths[i], self.preprocess, self.max_pixels)
+    def __getitem__(self, i: int) -> tuple[str, Any]:
+        return self.ids[i], self.read(self.ids[i], self.paths[i], self.preprocess, self.max_pixels)
 
 
 class TextDataset(Dataset):
@@ -63,10 +69,16 @@ class TextDataset(Dataset):
 
 
 class ImageCollate:
-    def __call__(self, items: list[tuple[str, torch.Tensor | Skip]]) -> Batch:
+    """Stacks the pixels (B, 3, H, W); with ``device_decode`` keeps the list of JPEG files / CPU pixels for the
+    main process's :class:`~feature_extraction.device_decode.DeviceDecoder`."""
+
+    def __init__(self, device_decode: bool = False) -> None:
+        self.device_decode = device_decode
+
+    def __call__(self, items: list[tuple[str, Any]]) -> Batch:
         good = [(i, x) for i, x in items if not isinstance(x, Skip)]
-        pixels = torch.stack([x for _, x in good]) if good else None  # (B, 3, H, W)
-        return Batch([i for i, _ in good], pixels, [x for _, x in items if isinstance(x, Skip)])
+        inputs = [x for _, x in good] if self.device_decode else torch.stack([x for _, x in good]) if good else None
+        return Batch([i for i, _ in good], inputs, [x for _, x in items if isinstance(x, Skip)])
 
 
 class TextCollate:
@@ -85,15 +97,16 @@ def make_batches(n_items: int, batch_size: int) -> list[list[int]]:
 
 def make_loader(todo: Listing, batch_size: int, num_workers: int, preprocess: Callable[[Any], torch.Tensor],
                 tokenize: Callable[[list[str]], dict[str, torch.Tensor]], max_pixels: int,
-                pin_memory: bool) -> DataLoader:
-    """An ordered DataLoader over ``todo`` (workers keep batch order, so results arrive in item order)."""
+                pin_memory: bool, device_decode: bool = False) -> DataLoader:
+    """An ordered DataLoader over ``todo`` (workers keep batch order, so results arrive in item order);
+    ``device_decode``: workers read JPEG bytes, the main process decodes them on the device (``--decode gpu``)."""
     if todo.modality == "text":
         assert todo.text_file is not None
         dataset: Dataset = TextDataset(todo.ids, todo.sources, todo.text_file)  # type: ignore[arg-type]
         collate: Callable[[list[Any]], Batch] = TextCollate(tokenize)
     else:
-        dataset = ImageDataset(todo.ids, todo.sources, preprocess, max_pixels)  # type: ignore[arg-type]
-        collate = ImageCollate()
+        dataset = ImageDataset(todo.ids, todo.sources, preprocess, max_pixels, device_decode)  # type: ignore[arg-type]
+        collate = ImageCollate(device_decode)
     return DataLoader(dataset, batch_sampler=make_batches(len(todo.ids), batch_size), num_workers=num_workers,
                       collate_fn=collate, pin_memory=pin_memory,
                       prefetch_factor=2 if num_workers else None, persistent_workers=False)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import h5py
 
-from feature_extraction.store import FeatureFileError, FeatureStore
+from feature_extraction.store import FeatureFileError, FeatureStore, open_h5
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ def detect_layout(path: str | Path) -> str:
         raise FeatureFileError(f"{path}: no such feature file or directory")
     if path.is_file():
         if h5py.is_hdf5(path):
-            with h5py.File(path, "r") as f:
+            with open_h5(path) as f:
                 if "ids" in f and "fc" in f:
                     return "vlt5-retrieval"
                 first = next(iter(f.values()), None)

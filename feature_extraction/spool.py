@@ -38,8 +38,8 @@ import numpy as np
 from foundations.errors import UsageError
 from feature_extraction.inputs import Skip
 from feature_extraction.store import H5FeatureStore
-from foundations.io import atomic_replace
-from feature_extraction.writer import (COPY_ROWS, STR, Block, attrs_mismatch, read_ids,
+from foundations.io import DiskWriteError, atomic_replace, atomic_write_text
+from feature_extraction.writer import (COPY_ROWS, STR, Block, RecordingFile, attrs_mismatch, read_ids,
                                        read_skip_record, read_skipped, write_feature_file, write_skipped)
 
 logger = logging.getLogger(__name__)
@@ -119,9 +119,7 @@ class Spool:
                                old.get("batch_size"))
         else:
             self.dir.mkdir(exist_ok=True)
-            tmp = self.meta_path.with_name("meta.json.tmp")
-            tmp.write_text(json.dumps(dict(meta), indent=1, sort_keys=True))
-            atomic_replace(tmp, self.meta_path)
+            atomic_write_text(self.meta_path, json.dumps(dict(meta), indent=1, sort_keys=True))
         return {i for written, skipped in self.chunk_ids() for i in written + [s.item_id for s in skipped]}
 
     def remove(self) -> None:
@@ -133,7 +131,8 @@ class ChunkFile:
 
     def __init__(self, path: Path, fc_dim: int, grid_shape: tuple[int, int] | None, dtype: str) -> None:
         self.path, self.tmp = path, path.with_name(path.name + ".tmp")
-        self.file = h5py.File(self.tmp, "w")
+        self.raw = RecordingFile(self.tmp)  # a full disk raises here, never inside HDF5's close
+        self.file = h5py.File(self.raw, "w")
         self.ids = self.file.create_dataset("ids", (0,), STR, maxshape=(None,), chunks=(256,), track_times=False)
         self.fc = self.file.create_dataset("fc", (0, fc_dim), dtype, maxshape=(None, fc_dim), chunks=True,
                                            track_times=False)
@@ -149,13 +148,26 @@ class ChunkFile:
                 dataset.resize(stop, axis=0)
                 dataset[start:stop] = values
         self.skipped.extend(skipped)
+        if self.raw.error is not None:
+            raise self.raw.error
 
     def commit(self) -> int:
         rows = self.ids.shape[0]
         write_skipped(self.file, self.skipped)
         self.file.close()
+        self.raw.close()
         atomic_replace(self.tmp, self.path)
         return rows
+
+    def discard(self) -> None:
+        """Close and delete the unfinished chunk (after a failed write)."""
+        if self.file.id.valid:
+            self.file.close()
+        try:
+            self.raw.close()
+        except OSError:  # the failure already being reported
+            pass
+        self.tmp.unlink(missing_ok=True)
 
 
 def chunk_blocks(path: Path, rows: int = COPY_ROWS) -> Iterator[Block]:
@@ -192,7 +204,11 @@ def consolidate(spool: Spool, attrs: Mapping[str, Any], fc_dim: int, grid_shape:
                 if n == (len(chunks) + 1) // 2:
                     kill_point_for_tests("consolidate")
 
-        write_feature_file(out, attrs, n_old + chunk_rows, fc_dim, grid_shape, dtype, blocks(), skipped)
+        try:
+            write_feature_file(out, attrs, n_old + chunk_rows, fc_dim, grid_shape, dtype, blocks(), skipped)
+        except DiskWriteError as exc:
+            raise DiskWriteError(f"{exc}; this run's {chunk_rows} rows are kept in {spool.dir}: free some space and "
+                                 "rerun the same command to finish") from exc
     finally:
         if old is not None:
             old.close()

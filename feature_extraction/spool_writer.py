@@ -3,7 +3,8 @@
 The main loop puts each encoded batch (numpy arrays, already on the CPU) into a ``queue.Queue(maxsize)``; the
 thread appends it to the open chunk file and commits the chunk every ``batches_per_chunk`` batches
 (``spool.ChunkFile``).  The bounded queue keeps memory flat when the disk is slower than the model; an error in
-the thread is re-raised in the main thread at the next ``put`` or at ``close``.
+the thread is re-raised in the main thread at the next ``put`` or at ``close``; a full disk is one line saying
+how many rows are committed (they are kept: rerunning the command resumes after them).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 from feature_extraction.inputs import Skip
 from feature_extraction.spool import ChunkFile, Spool, kill_point_for_tests
 from feature_extraction.writer import Block
+from foundations.io import DiskWriteError, disk_failure
 
 logger = logging.getLogger(__name__)
 
@@ -53,12 +55,20 @@ class SpoolWriter:
         return self.stats
 
     def _raise_if_failed(self) -> None:
-        if self._error is not None:
-            raise RuntimeError(f"writing {self.spool.dir} failed: {self._error}") from self._error
+        if self._error is None:
+            return
+        why = disk_failure(self._error)
+        if why is not None:  # a full disk: the committed chunks are whole, the run resumes where it stopped
+            out = self.spool.out
+            where = getattr(self._error, "filename", None) or self.spool.dir
+            raise DiskWriteError(f"{where}: {why}; nothing was lost: {self.stats.rows} rows of this run are committed "
+                                 f"in {self.spool.dir} and {out} {'is unchanged' if out.exists() else 'is not created'}"
+                                 "; free some space and rerun the same command to resume") from self._error
+        raise RuntimeError(f"writing {self.spool.dir} failed: {self._error}") from self._error
 
     def _run(self) -> None:
         current: ChunkFile | None = None
-        batches = 0
+        batches, stopped = 0, False
         try:
             while (item := self._queue.get()) is not _STOP:
                 block, skipped = item
@@ -72,11 +82,14 @@ class SpoolWriter:
                 if batches == self.batches_per_chunk:
                     self._commit(current)
                     current, batches = None, 0
+            stopped = True
             if current is not None:
                 self._commit(current)
         except BaseException as exc:  # surfaced in the main thread; keep draining so put() never blocks forever
             self._error = exc
-            while self._queue.get() is not _STOP:
+            if current is not None:
+                current.discard()  # an unfinished chunk is never used: free its space now
+            while not stopped and self._queue.get() is not _STOP:  # (the last commit fails after _STOP was taken)
                 pass
 
     def _commit(self, chunk: ChunkFile) -> None:

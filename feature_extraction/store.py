@@ -37,6 +37,27 @@ class FeatureFileError(UserError):
     expected."""
 
 
+def open_h5(path: str | Path) -> h5py.File:
+    """An HDF5 file opened for reading; a missing, truncated or corrupt file is one :class:`FeatureFileError`
+    naming it (HDF5 checks the stored end of file when it opens one, so a truncated copy fails here)."""
+    try:
+        return h5py.File(path, "r")
+    except FileNotFoundError:
+        raise FeatureFileError(f"{path}: no such feature file") from None
+    except OSError as exc:
+        raise FeatureFileError(f"{path}: not a readable HDF5 file, truncated or corrupt ({' '.join(str(exc).split())})"
+                               ) from None
+
+
+def read_rows(path: Path, dataset: h5py.Dataset, rows: Any) -> np.ndarray:
+    """``dataset[rows]``; a read error (a damaged file) is a :class:`FeatureFileError` naming the file."""
+    try:
+        return dataset[rows]
+    except OSError as exc:
+        raise FeatureFileError(f"{path}: cannot read {dataset.name} (the file is damaged: "
+                               f"{' '.join(str(exc).split())})") from None
+
+
 @dataclass
 class Features:
     """Arrays for a batch of ids (row i belongs to ``ids[i]``). Absent parts are ``None``."""
@@ -61,6 +82,28 @@ def decode_attr(value: Any) -> Any:
         except json.JSONDecodeError:
             return value
     return value
+
+
+def attrs_contradiction(attrs: dict[str, Any], fc_shape: tuple[int, ...],
+                        grid_shape: tuple[int, ...] | None) -> str | None:
+    """What the recorded attributes (``fc_dim``, ``has_grid``, ``grid_hw``, ``grid_dim``) say that the datasets'
+    shapes contradict, or None. Absent attributes (legacy or hand-written files) are not checked."""
+    if len(fc_shape) != 2:
+        return f"'fc' has shape {fc_shape}, expected (N, D)"
+    if attrs.get("fc_dim") is not None and int(attrs["fc_dim"]) != fc_shape[1]:
+        return f"fc_dim={attrs['fc_dim']} but 'fc' holds vectors of dim {fc_shape[1]}"
+    if attrs.get("has_grid") is not None and bool(attrs["has_grid"]) != (grid_shape is not None):
+        return f"has_grid={attrs['has_grid']} but the file {'has' if grid_shape else 'has no'} 'grid' dataset"
+    if grid_shape is None:
+        return None
+    if len(grid_shape) != 3:
+        return f"'grid' has shape {grid_shape}, expected (N, T, C)"
+    hw = attrs.get("grid_hw")
+    if isinstance(hw, list) and len(hw) == 2 and int(hw[0]) * int(hw[1]) != grid_shape[1]:
+        return f"grid_hw={hw} ({int(hw[0]) * int(hw[1])} tokens) but 'grid' holds {grid_shape[1]} tokens per item"
+    if attrs.get("grid_dim") and int(attrs["grid_dim"]) != grid_shape[2]:
+        return f"grid_dim={attrs['grid_dim']} but 'grid' holds {grid_shape[2]} channels"
+    return None
 
 
 class FeatureStore:
@@ -132,16 +175,23 @@ class H5FeatureStore(FeatureStore):
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self._file = h5py.File(self.path, "r")
+        self._file = open_h5(self.path)
         try:
             self._ids = [s.decode("utf-8") if isinstance(s, bytes) else str(s) for s in self._file["ids"][:]]
             self._attrs = {k: decode_attr(v) for k, v in self._file.attrs.items()}
             n_fc = self._file["fc"].shape[0]
             if n_fc != len(self._ids) or ("grid" in self._file and self._file["grid"].shape[0] != n_fc):
                 raise FeatureFileError(f"{self.path}: ids, fc and grid must have the same number of rows")
+            problem = attrs_contradiction(self._attrs, self._file["fc"].shape,
+                                          self._file["grid"].shape if "grid" in self._file else None)
+            if problem:
+                raise FeatureFileError(f"{self.path}: its attributes contradict its data: {problem}")
         except KeyError as exc:
             self._file.close()
             raise FeatureFileError(f"{self.path}: not a vlt5-retrieval feature file ({exc})") from exc
+        except FeatureFileError:
+            self._file.close()
+            raise
 
     @property
     def has_grid(self) -> bool:
@@ -164,7 +214,7 @@ class H5FeatureStore(FeatureStore):
         back[order] = np.arange(len(order))
 
         def read(name: str) -> np.ndarray:
-            data = self._file[name][unique_rows] if len(unique_rows) else self._file[name][:0]
+            data = read_rows(self.path, self._file[name], unique_rows if len(unique_rows) else slice(0, 0))
             return data[inverse][back]
 
         return Features(ids=ids, fc=read("fc"), grid=read("grid") if self.has_grid else None)
@@ -173,8 +223,9 @@ class H5FeatureStore(FeatureStore):
         """Contiguous slices in file order: one HDF5 read per dataset per batch."""
         for start in range(0, len(self._ids), batch_size):
             stop = min(start + batch_size, len(self._ids))
-            grid = self._file["grid"][start:stop] if self.has_grid else None
-            yield Features(ids=self._ids[start:stop], fc=self._file["fc"][start:stop], grid=grid)
+            grid = read_rows(self.path, self._file["grid"], slice(start, stop)) if self.has_grid else None
+            yield Features(ids=self._ids[start:stop], fc=read_rows(self.path, self._file["fc"], slice(start, stop)),
+                           grid=grid)
 
     def close(self) -> None:
         if self._file.id.valid:

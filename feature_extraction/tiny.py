@@ -6,6 +6,7 @@ Two formats a user's real weights come in, made small enough to build in well un
   checkpoints after ``clip.model.convert_weights``). ``clip.load(path, jit=False)`` accepts it and rebuilds the
   architecture from tensor shapes (``clip.model.build_model``), exactly as it does for ``RN101.pt``.
 * transformers format: a ``CLIPModel.save_pretrained`` directory with its tokenizer and image processor.
+* a transformers text encoder (``XLMRobertaModel`` + its Unigram tokenizer): the multilingual student.
 
 The sizes are small and mutually distinct (so a transposed dimension fails loudly), within what the OpenAI
 builder allows: it fixes heads = width // 64 for text and ViT, width * 32 // 64 for the ResNet attention pool,
@@ -22,8 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["TinyClipSpec", "TINY_VIT", "TINY_RESNET", "VIT_B32", "make_openai_clip", "make_hf_clip", "photo",
-           "make_image_folder"]
+__all__ = ["TinyClipSpec", "TINY_VIT", "TINY_RESNET", "VIT_B32", "RN101", "make_openai_clip", "make_hf_clip",
+           "photo", "make_image_folder", "make_hf_text_encoder", "make_hf_vit"]
 
 # Colour photographs bundled with scikit-image (no download needed).
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry", "retina",
@@ -67,6 +68,9 @@ TINY_RESNET = TinyClipSpec(embed_dim=40, image_resolution=96, vision_layers=(1, 
 # The shape of the released ViT-B/32 (random weights): used by the extraction benchmark.
 VIT_B32 = TinyClipSpec(embed_dim=512, image_resolution=224, vision_layers=12, vision_width=768, vision_patch_size=32,
                        transformer_width=512, transformer_heads=8, transformer_layers=12)
+# The shape of the released RN101 (random weights): the GPU throughput benchmark and the precision measurements.
+RN101 = TinyClipSpec(embed_dim=512, image_resolution=224, vision_layers=(3, 4, 23, 3), vision_width=64,
+                     vision_patch_size=None, transformer_width=512, transformer_heads=8, transformer_layers=12)
 
 
 def make_openai_clip(path: str | Path, spec: TinyClipSpec = TINY_VIT, seed: int = 0) -> Path:
@@ -165,3 +169,44 @@ def make_image_folder(directory: str | Path, n: int, size: tuple[int, int] = (50
         image.save(path, quality=90) if suffix in (".jpg", ".jpeg") else image.save(path)
         paths.append(path)
     return paths
+
+
+def make_hf_text_encoder(directory: str | Path, texts: list[str], seed: int = 0, hidden_size: int = 36,
+                         layers: int = 2, heads: int = 3, intermediate_size: int = 37, max_length: int = 40,
+                         dropout: float = 0.1) -> Path:
+    """Write a tiny transformers ``XLMRobertaModel`` directory (random weights, ``save_pretrained``) with a real
+    ``XLMRobertaTokenizer`` (a Unigram model, as XLM-R's sentencepiece) whose vocabulary is every word of ``texts``
+    (``▁word``) plus their characters, so any text of those characters tokenizes: the student of the multilingual
+    tests (``AutoModel`` / ``AutoTokenizer`` load it like ``xlm-roberta-base``)."""
+    from transformers import XLMRobertaConfig, XLMRobertaModel, XLMRobertaTokenizer
+
+    words = sorted({w for text in texts for w in text.split()})
+    chars = sorted({c for w in words for c in w} | {"▁"})
+    specials = [("<s>", 0.0), ("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
+    vocab = specials + [(f"▁{w}", -1.0) for w in words] + [(c, -5.0) for c in chars] + [("<mask>", 0.0)]
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    XLMRobertaTokenizer(vocab=vocab, model_max_length=max_length).save_pretrained(directory)
+    config = XLMRobertaConfig(vocab_size=len(vocab), hidden_size=hidden_size, num_hidden_layers=layers,
+                              num_attention_heads=heads, intermediate_size=intermediate_size,
+                              max_position_embeddings=max_length + 2, pad_token_id=1, bos_token_id=0, eos_token_id=2,
+                              hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
+    torch.manual_seed(seed)
+    XLMRobertaModel(config).save_pretrained(directory)
+    return directory
+
+
+def make_hf_vit(directory: str | Path, seed: int = 0, image_size: int = 32, patch_size: int = 8,
+                hidden_size: int = 44, layers: int = 2, heads: int = 2, intermediate_size: int = 53) -> Path:
+    """Write a tiny transformers ``ViTModel`` directory (random weights, with its pooler) and its
+    ``ViTImageProcessor`` (resize to ``image_size``): a unimodal image tower as ``google/vit-base-patch16-224`` is."""
+    from transformers import ViTConfig, ViTImageProcessor, ViTModel
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    config = ViTConfig(image_size=image_size, patch_size=patch_size, hidden_size=hidden_size,
+                       num_hidden_layers=layers, num_attention_heads=heads, intermediate_size=intermediate_size)
+    torch.manual_seed(seed)
+    ViTModel(config).save_pretrained(directory)
+    ViTImageProcessor(size={"height": image_size, "width": image_size}).save_pretrained(directory)
+    return directory

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+import os
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,9 +26,9 @@ from typing import Any
 import h5py
 import numpy as np
 
-from feature_extraction.inputs import Skip
-from foundations.io import atomic_replace
-from feature_extraction.store import decode_attr
+from feature_extraction.inputs import Skip, text_of_name
+from foundations.io import atomic_replace, disk_errors, kept_message
+from feature_extraction.store import decode_attr, open_h5
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +38,7 @@ COPY_ROWS = 256  # rows per read when copying files (consolidation, merge): boun
 SKIP_FIELDS = ("skipped_ids", "skipped_categories", "skipped_details", "skipped_sources")
 # Attributes that must agree before rows may be appended to a file (or shards merged).
 COMPAT_KEYS = ("format_version", "modality", "backbone_sha256", "image_size", "dtype", "has_grid", "grid_hw",
-               "fc_dim", "grid_dim", "num_shards", "shard_id")
+               "fc_dim", "grid_dim", "num_shards", "shard_id", "precision", "decode")
 
 
 @dataclass
@@ -48,6 +50,99 @@ class Block:
     grid: np.ndarray | None
 
 
+class RecordingFile:
+    """The file HDF5 writes through (h5py's ``fileobj`` driver) when a write may fail on a full disk.
+
+    HDF5 cannot close a file after one of its writes failed: the id stays open and the process segfaults when it
+    is collected (h5py issues #914, #2160). So a failed write is recorded in :attr:`error` and hidden from HDF5 (no
+    method ever raises; later writes are dropped); the file is garbage from then on, and the caller deletes it and
+    raises the error (:func:`h5_for_writing`, :class:`feature_extraction.spool.ChunkFile`). Positional I/O
+    (``pread`` / ``pwrite`` at our own offset, as HDF5's default ``sec2`` driver does): no buffer to flush.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        self.pos = 0
+        self.error: OSError | None = None
+
+    def _failed(self, exc: OSError) -> None:
+        if self.error is None:
+            exc.filename = exc.filename or str(self.path)
+            self.error = exc
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data).cast("B")
+        done = 0
+        while self.error is None and done < len(view):
+            try:
+                done += os.pwrite(self.fd, view[done:], self.pos + done)
+            except OSError as exc:
+                self._failed(exc)
+        self.pos += len(view)
+        return len(view)
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        try:
+            data = os.pread(self.fd, len(view), self.pos)
+        except OSError as exc:
+            self._failed(exc)
+            data = b""
+        view[:len(data)] = data
+        self.pos += len(data)
+        return len(data)
+
+    def read(self, size: int = -1) -> bytes:
+        buffer = bytearray(size if size >= 0 else max(0, os.fstat(self.fd).st_size - self.pos))
+        return bytes(buffer[:self.readinto(buffer)])
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        base = {os.SEEK_SET: 0, os.SEEK_CUR: self.pos, os.SEEK_END: os.fstat(self.fd).st_size}[whence]
+        self.pos = base + offset
+        return self.pos
+
+    def tell(self) -> int:
+        return self.pos
+
+    def truncate(self, size: int | None = None) -> int:
+        size = self.pos if size is None else size
+        if self.error is None:
+            try:
+                os.ftruncate(self.fd, size)
+            except OSError as exc:
+                self._failed(exc)
+        return size
+
+    def flush(self) -> None:
+        pass  # nothing buffered here; durability is atomic_replace's fsync
+
+    def close(self) -> None:
+        """Close the OS file; raise the first failed write, if any."""
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        if self.error is not None:
+            raise self.error
+
+
+@contextmanager
+def h5_for_writing(path: Path) -> Iterator[h5py.File]:
+    """A new HDF5 file at ``path`` whose failed writes (a full disk) raise their ``OSError`` once closed, without
+    leaving an unclosable HDF5 id behind (see :class:`RecordingFile`)."""
+    raw = RecordingFile(path)
+    try:
+        with h5py.File(raw, "w") as f:
+            yield f
+    except BaseException:
+        try:
+            raw.close()
+        except OSError as disk:  # a write failed first: that is the cause, not what HDF5 made of it
+            raise disk from None
+        raise
+    raw.close()
+
+
 def encode_attr(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return np.asarray(value)
@@ -57,8 +152,8 @@ def encode_attr(value: Any) -> Any:
 
 
 def write_skipped(group: h5py.Group, skipped: Sequence[Skip]) -> None:
-    columns = ([s.item_id for s in skipped], [s.category for s in skipped], [s.detail for s in skipped],
-               [s.source for s in skipped])
+    fields = ("item_id", "category", "detail", "source")  # as UTF-8 text: a non-UTF-8 file name gets \xNN escapes
+    columns = [[text_of_name(getattr(s, name)) for s in skipped] for name in fields]
     for name, values in zip(SKIP_FIELDS, columns):
         group.create_dataset(name, data=np.array(values, dtype=object), dtype=STR, track_times=False)
 
@@ -74,7 +169,7 @@ def read_skip_record(path: Path) -> list[Skip]:
     """The skipped-items record of a feature file (empty when the file does not exist)."""
     if not path.exists():
         return []
-    with h5py.File(path, "r") as f:
+    with open_h5(path) as f:
         return read_skipped(f)
 
 
@@ -84,9 +179,22 @@ def read_ids(group: h5py.Group, name: str = "ids") -> list[str]:
 
 def write_feature_file(path: Path, attrs: Mapping[str, Any], n_rows: int, fc_dim: int, grid_shape: tuple[int, int]
                        | None, dtype: str, blocks: Iterable[Block], skipped: Sequence[Skip]) -> None:
-    """Stream ``blocks`` (exactly ``n_rows`` rows in total) into ``path`` atomically."""
+    """Stream ``blocks`` (exactly ``n_rows`` rows in total) into ``path`` atomically; a failed write (a full disk)
+    deletes the temporary file and leaves ``path`` as it was."""
     tmp = path.with_name(path.name + ".tmp")
-    with h5py.File(tmp, "w") as f:
+    with disk_errors(path, kept_message(path)):
+        try:
+            _write_rows(tmp, path, attrs, n_rows, fc_dim, grid_shape, dtype, blocks, skipped)
+            atomic_replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+    logger.info("wrote %s: %d rows, %d skipped", path, n_rows, len(skipped))
+
+
+def _write_rows(tmp: Path, path: Path, attrs: Mapping[str, Any], n_rows: int, fc_dim: int,
+                grid_shape: tuple[int, int] | None, dtype: str, blocks: Iterable[Block], skipped: Sequence[Skip]
+                ) -> None:
+    with h5_for_writing(tmp) as f:
         ids = f.create_dataset("ids", shape=(n_rows,), dtype=STR, track_times=False)
         fc = f.create_dataset("fc", shape=(n_rows, fc_dim), dtype=dtype, track_times=False)
         grid = (f.create_dataset("grid", shape=(n_rows, *grid_shape), dtype=dtype, track_times=False)
@@ -111,8 +219,6 @@ def write_feature_file(path: Path, attrs: Mapping[str, Any], n_rows: int, fc_dim
         write_skipped(f, skipped)
         for key in sorted(attrs):
             f.attrs[key] = encode_attr(attrs[key])
-    atomic_replace(tmp, path)
-    logger.info("wrote %s: %d rows, %d skipped", path, n_rows, len(skipped))
 
 
 def attrs_mismatch(have: Mapping[str, Any], want: Mapping[str, Any], keys: Sequence[str] = COMPAT_KEYS) -> list[str]:

@@ -2,8 +2,8 @@
 
 * :class:`CLIParser` — argparse whose own usage errors raise :class:`UsageError` instead of printing the usage.
 * :func:`run` — the one exit-code convention: usage error -> one ``error:`` line, exit 2; user error (bad file,
-  id or value: :class:`UserError`, or an ``OSError`` that names a file) -> one ``error:`` line, exit 1;
-  Ctrl-C -> exit 130; anything else is a bug and propagates with its traceback.
+  id or value: :class:`UserError`, an ``OSError`` that names a file, or a full / read-only disk) -> one ``error:``
+  line, exit 1; Ctrl-C -> exit 130; anything else is a bug and propagates with its traceback.
 * :func:`add_config_flags` / :func:`config_from_flags` — every leaf field of a nested typed dataclass config as a
   flag, twice: ``--section.sub.name`` and the plain ``--name-with-dashes`` (plain names must be unique).
   Booleans take ``--flag`` / ``--no-flag``; tuples take several values; ``none`` clears an optional field. Only
@@ -23,6 +23,7 @@ from typing import Any, NoReturn, TypeVar
 
 from foundations.config import dataclass_in, from_dict, strip_optional
 from foundations.errors import ConfigError, UsageError, UserError, one_line
+from foundations.io import disk_failure
 
 T = TypeVar("T")
 
@@ -55,9 +56,17 @@ def run(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] 
         print_error(one_line(exc))
         return 1
     except OSError as exc:
-        if exc.filename is None:  # not about a file the user named: a bug, show the traceback
+        if exc.filename is not None:
+            print_error(f"{exc.filename}: {exc.strerror or one_line(exc)}")
+            return 1
+        if disk_failure(exc) is None:  # not about a file the user named, nor the disk: a bug, show the traceback
             raise
-        print_error(f"{exc.filename}: {exc.strerror or one_line(exc)}")
+        print_error(f"{disk_failure(exc)} ({one_line(exc)})")  # a full disk deep in a library that names no file
+        return 1
+    except Exception as exc:
+        if disk_failure(exc) is None:  # a bug: show the traceback
+            raise
+        print_error(f"{disk_failure(exc)} ({one_line(exc)})")  # faiss / safetensors quote strerror only
         return 1
     except KeyboardInterrupt:
         print_error("interrupted")

@@ -92,11 +92,33 @@ def _open(source: str | Path | bytes) -> tuple[Image.Image, io.IOBase]:
         raise BadImage("corrupt", f"{type(exc).__name__}: {exc}") from None
 
 
-def decode_image(source: str | Path | bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+def reduce_to(im: Image.Image, min_side: int) -> Image.Image:
+    """``im`` shrunk by the largest integer factor that keeps its shorter side ≥ ``min_side`` (``Image.reduce``, a box
+    filter, as ``Image.thumbnail``'s ``reducing_gap`` does), in a mode that averages correctly and before any RGB
+    copy is made: a huge 1-bit or palette scan then never exists as a full-size RGB image."""
+    factor = min(im.size) // min_side
+    if factor < 2:
+        return im
+    if im.mode == "1":
+        im = im.convert("L")
+    elif im.mode in _SIXTEEN_BIT:
+        im = im.convert("I")  # to_rgb scales I like I;16 (1/257)
+    elif im.mode in ("P", "PA"):  # palette indices must not be averaged
+        im = im.convert("RGBA" if im.mode == "PA" or "transparency" in im.info else "RGB")
+    try:
+        return im.reduce(factor)
+    except ValueError:  # a rare mode reduce does not take: convert first (full size, once)
+        return to_rgb(im).reduce(factor)
+
+
+def decode_image(source: str | Path | bytes, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 min_side: int | None = None) -> Image.Image:
     """Open, fully decode and convert a file path or bytes; raise :class:`BadImage` with a category on failure.
 
     Images of more than ``max_pixels`` are refused from their header (no pixel decoded). PIL's own bomb guard
-    (twice ``Image.MAX_IMAGE_PIXELS``) still applies above that.
+    (twice ``Image.MAX_IMAGE_PIXELS``) still applies above that. With ``min_side`` (the server), a larger image is
+    decoded smaller: a JPEG by its decoder's DCT scaling (``draft``), any image then by :func:`reduce_to` before the
+    RGB conversion; the shorter side stays ≥ ``min_side``. Without it (extraction, the search CLI) every pixel is kept.
     """
     im, fh = _open(source)
     try:
@@ -104,8 +126,13 @@ def decode_image(source: str | Path | bytes, max_pixels: int = DEFAULT_MAX_PIXEL
             width, height = im.size
             if width * height > max_pixels:
                 raise BadImage("too many pixels", f"{width}x{height} is more than {max_pixels} pixels")
+            if min_side and min(width, height) >= 2 * min_side and im.format == "JPEG":
+                scale = min_side / min(width, height)
+                im.draft(im.mode, (max(1, int(width * scale)), max(1, int(height * scale))))  # result ≥ that size
             im.load()
             im = ImageOps.exif_transpose(im)
+            if min_side:
+                im = reduce_to(im, min_side)
             return to_rgb(im)
     except BadImage:
         raise

@@ -2,17 +2,66 @@
 
 ``atomic_write_text`` / ``atomic_write_bytes`` write ``PATH.tmp``, fsync, ``os.replace`` and fsync the folder;
 ``write_dir_atomically`` does the same for a whole directory (write ``.NAME.tmp``, fsync the tree, swap by two
-renames, ``.NAME.old`` kept only between them); ``refuse_overwrite`` is the one rule for user-named outputs.
+renames, ``.NAME.old`` kept only between them); ``refuse_overwrite`` is the one rule for user-named outputs
+(never replace without ``--overwrite``, never replace one of the command's own inputs). A write that fails because
+of the disk (full, quota, read-only, forbidden: :func:`disk_failure`) ends in one :class:`DiskWriteError` line that
+names the file and says what was kept (:func:`disk_errors`): the atomic writers leave the previous output as it was.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-from foundations.errors import UsageError
+from foundations.errors import UsageError, UserError
+
+# errno of a write that failed because of where it writes, not because of the program
+DISK_ERRNOS = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
+               errno.EROFS: "read-only file system", errno.EACCES: "permission denied",
+               errno.EPERM: "operation not permitted"}
+
+
+class DiskWriteError(UserError):
+    """An output could not be written (full disk, quota, read-only or forbidden folder): one line naming the file,
+    why, and what was kept."""
+
+
+def disk_failure(exc: BaseException) -> str | None:
+    """Why ``exc`` is a disk failure (``'no space left on device'``...), else None. Python and h5py raise an
+    ``OSError`` with that errno (often without a file name); faiss (``RuntimeError``) and safetensors (a bare
+    ``Exception``) only quote strerror."""
+    if isinstance(exc, OSError):
+        return DISK_ERRNOS.get(exc.errno)  # type: ignore[arg-type]
+    if type(exc) in (RuntimeError, Exception):
+        text = str(exc)
+        return next((why for code, why in DISK_ERRNOS.items() if os.strerror(code) in text), None)
+    return None
+
+
+def kept_message(final: str | Path) -> str:
+    """What a failed atomic write of ``final`` leaves: the previous file or folder, or nothing at all."""
+    if Path(final).exists():
+        return f"nothing was lost: the previous {final} is unchanged"
+    return f"nothing was lost: {final} was not created (no partial file is left)"
+
+
+@contextmanager
+def disk_errors(target: str | Path, kept: str) -> Iterator[None]:
+    """Re-raise a disk failure inside the block (:func:`disk_failure`) as one :class:`DiskWriteError` line:
+    ``FILE: no space left on device; KEPT``. Every other error passes unchanged."""
+    try:
+        yield
+    except Exception as exc:
+        why = disk_failure(exc)
+        if why is None:
+            raise
+        where = getattr(exc, "filename", None) or target
+        during = "" if str(where) == str(target) else f" while writing {target}"
+        raise DiskWriteError(f"{where}: {why}{during}; {kept}") from exc
 
 
 def fsync_path(path: str | Path) -> None:
@@ -34,11 +83,12 @@ def atomic_replace(tmp: str | Path, final: str | Path) -> None:
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        tmp.write_bytes(data)
-        atomic_replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with disk_errors(path, kept_message(path)):
+        try:
+            tmp.write_bytes(data)
+            atomic_replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -63,13 +113,14 @@ def write_dir_atomically(final: str | Path, write: Callable[[Path], None],
     final = Path(final)
     tmp, old = final.with_name(f".{final.name}.tmp"), final.with_name(f".{final.name}.old")
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        write(tmp)
-        fsync_tree(tmp)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with disk_errors(final, kept_message(final)):
+        tmp.mkdir(parents=True)
+        try:
+            write(tmp)
+            fsync_tree(tmp)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     if before_swap is not None:
         before_swap()
     if final.exists():
@@ -90,8 +141,22 @@ def complete_dir(final: str | Path, marker: str) -> Path | None:
     return None
 
 
-def refuse_overwrite(path: str | Path, overwrite: bool, flag: str = "--out") -> None:
-    """The rule for every user-named output: an existing file is replaced only with ``--overwrite``."""
+def same_file(a: str | Path, b: str | Path) -> bool:
+    """Whether ``a`` and ``b`` name one file (through symlinks and hard links; by resolved path if one is missing)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return Path(a).resolve() == Path(b).resolve()
+
+
+def refuse_overwrite(path: str | Path, overwrite: bool, flag: str = "--out",
+                     inputs: Iterable[str | Path] = ()) -> None:
+    """The rule for every user-named output: an existing file is replaced only with ``--overwrite``, and never
+    when it is one of the command's own ``inputs`` (not even with ``--overwrite``: the input is read while the
+    output is written)."""
+    for source in inputs:
+        if same_file(path, source):
+            raise UsageError(f"{flag} {path} is also an input of this command ({source}); write it elsewhere")
     if Path(path).exists() and not overwrite:
         raise UsageError(f"{flag} {path} already exists; pass --overwrite to replace it")
 

@@ -15,6 +15,7 @@ import json
 import logging
 import zlib
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, TypeVar
@@ -53,24 +54,32 @@ def open_text(path: str | Path, error: type[UserError] = JSONLError) -> IO[str]:
     return path.open(encoding="utf-8")
 
 
+@contextmanager
+def decoding(path: str | Path, error: type[UserError] = JSONLError, where: Callable[[], str] | None = None
+             ) -> Iterator[None]:
+    """Reading ``path`` as text inside the block: bytes that are not UTF-8 and a truncated or non-gzip ``.gz``
+    raise ``error`` naming the file (``where()`` gives the position, e.g. ``file:line``)."""
+    try:
+        yield
+    except UnicodeDecodeError as exc:
+        raise error(f"{where() if where else path}: not UTF-8 text ({exc.reason})") from None
+    except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+        raise error(f"{path}: truncated or not a gzip file ({exc})") from None
+
+
 def scan_jsonl(path: str | Path) -> Iterator[tuple[str, Any]]:
     """``(where, object)`` per non-blank line; a line that is not JSON yields a :class:`JSONLError` as object.
     A file that cannot be decoded at all (not UTF-8, a broken ``.gz``) raises :class:`JSONLError`."""
     n = 0
-    try:
-        with open_text(path) as f:
-            for n, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                where = f"{path}:{n}"
-                try:
-                    yield where, json.loads(line)
-                except json.JSONDecodeError as exc:
-                    yield where, JSONLError(f"{where}: invalid JSON ({exc.msg} at column {exc.colno})")
-    except UnicodeDecodeError as exc:
-        raise JSONLError(f"{path}:{n + 1}: not UTF-8 text ({exc.reason})") from None
-    except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
-        raise JSONLError(f"{path}: truncated or not a gzip file ({exc})") from None
+    with decoding(path, where=lambda: f"{path}:{n + 1}"), open_text(path) as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{n}"
+            try:
+                yield where, json.loads(line)
+            except json.JSONDecodeError as exc:
+                yield where, JSONLError(f"{where}: invalid JSON ({exc.msg} at column {exc.colno})")
 
 
 def iter_jsonl(path: str | Path) -> Iterator[tuple[str, Any]]:

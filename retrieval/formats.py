@@ -4,7 +4,8 @@
   id in an article-level index, read by ``retrieval.querying.PassageMap``).
 * Queries JSONL: ``{"id", "question", "image", "positives": [kb ids], "hard_negatives"?: [kb ids]}``; ``image`` is
   an id in a feature file, or ``null`` for text-only questions (e.g. imported from DPR).
-* TREC run: ``qid Q0 docid rank score tag`` (trec_eval's format, also what ranx's ``Run.from_file`` reads).
+* TREC run: ``qid Q0 docid rank score tag`` (trec_eval's format, also what ranx's ``Run.from_file`` reads); ids
+  with whitespace cannot be written (refused, :func:`check_trec_field`), an empty run file is refused on reading.
 * TREC qrels: ``qid 0 docid rel``; in memory qrels and runs are ranx-compatible ``{qid: {docid: value}}`` dicts.
 
 Every error is one line naming ``file:line`` and what was expected. Batch readers can skip bad lines instead of
@@ -24,6 +25,7 @@ from typing import Any
 
 from foundations import jsonl
 from foundations.errors import UserError
+from foundations.io import atomic_replace
 from foundations.jsonl import ReadStats
 
 logger = logging.getLogger(__name__)
@@ -150,7 +152,8 @@ def _trec_rows(path: str | Path, kind: str, columns: str) -> Iterator[tuple[str,
     if not path.is_file():
         raise FormatError(f"{path}: no such {kind} file")
     width = len(columns.split())
-    with path.open(encoding="utf-8") as f:
+    n = 0
+    with jsonl.decoding(path, FormatError, where=lambda: f"{path}:{n + 1}"), path.open(encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
             parts = line.split()
             if not parts:
@@ -174,7 +177,25 @@ def read_trec_run(path: str | Path) -> Run:
         if docid in run.setdefault(qid, {}):
             raise FormatError(f"{where}: document {docid!r} listed twice for query {qid!r}")
         run[qid][docid] = value
+    if not run:
+        raise FormatError(f"{path}: empty run (no 'qid Q0 docid rank score tag' lines): nothing to evaluate or fuse")
     return run
+
+
+def check_trec_field(value: str, what: str, where: str | Path) -> None:
+    """A TREC file is whitespace-separated: an id that is empty or holds whitespace (a space, TAB, newline, or a
+    leading / trailing one) would silently shift or split its line, so it is refused naming ``where`` and the id."""
+    if not value or value.split() != [value]:
+        problem = "is empty" if not value else "contains whitespace"
+        raise FormatError(f"{where}: {what} {value!r} {problem}; a TREC file cannot hold it (use ids without "
+                          "spaces, TABs or newlines)")
+
+
+def _check_trec_ids(path: str | Path, table: Mapping[str, Mapping[str, Any]], doc: str) -> None:
+    for qid, docs in table.items():
+        check_trec_field(qid, "query id", path)
+        for docid in docs:
+            check_trec_field(docid, f"{doc} of query {qid!r}", path)
 
 
 def format_score(score: float) -> str:
@@ -187,12 +208,21 @@ def format_score(score: float) -> str:
 
 def write_trec_run(path: str | Path, run: Mapping[str, Mapping[str, float]], tag: str = "vlt5") -> None:
     """Write ``run`` ranked by decreasing score; scores are written exactly (:func:`format_score`), and only
-    exactly equal scores fall back on docid order (a string order: ``'1000'`` before ``'998'``)."""
-    with Path(path).open("w", encoding="utf-8") as f:
-        for qid, docs in run.items():
-            ranked = sorted(docs.items(), key=lambda kv: (-kv[1], kv[0]))
-            for rank, (docid, score) in enumerate(ranked, 1):
-                f.write(f"{qid} Q0 {docid} {rank} {format_score(score)} {tag}\n")
+    exactly equal scores fall back on docid order (a string order: ``'1000'`` before ``'998'``). Ids and tag are
+    checked first (:func:`check_trec_field`); the file is written atomically."""
+    _check_trec_ids(path, run, "document id")
+    check_trec_field(tag, "run tag", path)
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with tmp.open("w", encoding="utf-8") as f:
+            for qid, docs in run.items():
+                ranked = sorted(docs.items(), key=lambda kv: (-kv[1], kv[0]))
+                for rank, (docid, score) in enumerate(ranked, 1):
+                    f.write(f"{qid} Q0 {docid} {rank} {format_score(score)} {tag}\n")
+        atomic_replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def read_trec_qrels(path: str | Path) -> Qrels:
@@ -209,6 +239,7 @@ def read_trec_qrels(path: str | Path) -> Qrels:
 
 
 def write_trec_qrels(path: str | Path, qrels: Mapping[str, Mapping[str, int]]) -> None:
+    _check_trec_ids(path, qrels, "document id")
     with Path(path).open("w", encoding="utf-8") as f:
         for qid, docs in qrels.items():
             for docid, rel in docs.items():

@@ -65,6 +65,9 @@ def prepare(runs: Sequence[Mapping[str, Mapping[str, float]]], *, defmin: bool =
     """Steps 1–2: default minimum (optional), then global z-score of each run."""
     if len(runs) < 2:
         raise UserError(f"fusion needs at least 2 runs, got {len(runs)}")
+    empty = [i for i, run in enumerate(runs) if not any(run.values())]
+    if empty:
+        raise UserError(f"run #{empty[0]} holds no results: fusing it would only rescale the others")
     base = default_minimum(runs) if defmin else [dict(r) for r in runs]
     return [global_zscore(r) for r in base]
 

@@ -10,8 +10,6 @@
 * :func:`kb_candidates` — KB-wide negatives: the KB side is frozen vectors, so a query can be scored against the
   whole KB (``negatives="all"``) or against the batch pool plus ``n_sampled`` random KB rows, at the cost of one
   matmul; each rank scores its own queries (no gather needed).
-* :func:`clip_loss` — the symmetric image↔text InfoNCE of CLIP (Radford et al. 2021, Fig. 3), with soft
-  targets when a batch holds several items of the same class (used to pre-train the demo's tiny CLIP).
 
 The knowledge-base side is frozen CLIP embeddings, so gathering candidates across ranks needs no autograd:
 gather the ids (or rows), build the pool, and each rank scores its own queries against the global pool.
@@ -26,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from foundations.errors import UserError
 
-__all__ = ["build_candidates", "dpr_loss", "kb_candidates", "clip_loss"]
+__all__ = ["build_candidates", "dpr_loss", "kb_candidates"]
 
 
 def build_candidates(positives: Sequence[Sequence[str]], hard_negatives: Sequence[Sequence[str]] | None = None,
@@ -71,39 +69,26 @@ def kb_candidates(positive_rows: Sequence[Sequence[int]], pool_rows: Sequence[in
             candidates = free.nonzero().squeeze(1)
             pick = torch.randperm(len(candidates), generator=generator)[:n_sampled]
             rows = torch.cat([rows, candidates[pick]])
-    column = {int(r): c for c, r in enumerate(rows.tolist())}
+    # the column of each KB row (the identity for the whole KB: no per-step dict over N rows)
+    column = None if mode == "all" else {int(r): c for c, r in enumerate(rows.tolist())}
     mask = torch.zeros(len(positive_rows), len(rows), dtype=torch.bool)
     for i, positives in enumerate(positive_rows):
         if not positives:
             raise UserError(f"query {i} of the batch has no positive")
-        mask[i, [column[r] for r in positives]] = True
+        mask[i, list(positives) if column is None else [column[r] for r in positives]] = True
     return rows, mask
 
 
-def dpr_loss(queries: Tensor, candidates: Tensor, positive_mask: Tensor, temperature: Tensor | float) -> Tensor:
+def dpr_loss(queries: Tensor, candidates: Tensor, positive_mask: Tensor, temperature: Tensor | float,
+             candidates_normalized: bool = False) -> Tensor:
     """Mean over queries of ``-log Σ_{p ∈ P_i} softmax_j(cos(q_i, c_j) / τ)_p``.
 
-    queries (Q, D) and candidates (C, D) are L2-normalised here (cosine), positive_mask is (Q, C) bool with at
-    least one True per row, temperature is a float or a scalar tensor (learnable τ).
+    queries (Q, D) and candidates (C, D) are L2-normalised here (cosine) — the candidates only unless
+    ``candidates_normalized`` says their float32 rows already are (a frozen KB: saves an N x D pass per step);
+    positive_mask is (Q, C) bool with at least one True per row, temperature is a float or a scalar tensor.
     """
     q = F.normalize(queries.float(), dim=-1)  # (Q, D)
-    c = F.normalize(candidates.float(), dim=-1)  # (C, D)
+    c = candidates.float() if candidates_normalized else F.normalize(candidates.float(), dim=-1)  # (C, D)
     scores = q @ c.T / temperature  # (Q, C)
     positive = scores.masked_fill(~positive_mask, float("-inf"))  # (Q, C)
     return (torch.logsumexp(scores, dim=-1) - torch.logsumexp(positive, dim=-1)).mean()
-
-
-def clip_loss(image_emb: Tensor, text_emb: Tensor, logit_scale: Tensor, labels: Tensor | None = None) -> Tensor:
-    """Symmetric InfoNCE between image and text embeddings (B, D) each; ``logit_scale`` is CLIP's
-    ``exp``-ed scale. With ``labels`` (B,), pairs sharing a label are all positives (targets spread evenly)."""
-    img = F.normalize(image_emb.float(), dim=-1)  # (B, D)
-    txt = F.normalize(text_emb.float(), dim=-1)  # (B, D)
-    logits = logit_scale * img @ txt.T  # (B, B)
-    if labels is None:
-        target = torch.eye(len(img), device=img.device)  # (B, B)
-    else:
-        same = (labels[:, None] == labels[None, :]).float()  # (B, B)
-        target = same / same.sum(dim=1, keepdim=True)
-    loss_i = -(target * F.log_softmax(logits, dim=1)).sum(1).mean()
-    loss_t = -(target.T * F.log_softmax(logits.T, dim=1)).sum(1).mean()
-    return (loss_i + loss_t) / 2

@@ -94,6 +94,8 @@ def _ranx_inputs(run: Mapping[str, Mapping[str, float]], qrels: Mapping[str, Map
     scored = {q: docs for q, docs in scored.items() if docs}
     if not scored:
         raise UserError("the qrels hold no relevant documents: nothing to evaluate")
+    if not any(run.values()):
+        raise UserError(f"run {name!r} holds no results: nothing to evaluate (an empty run file?)")
     missing = sum(1 for q in scored if not run.get(q))
     if missing:
         logger.warning("run %s answers %d of %d judged queries; the others score 0", name, len(scored) - missing,

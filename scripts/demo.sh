@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole pipeline on the embedded demo task (`make demo` runs this after building .venv):
-#   demo data -> tiny OpenAI-format CLIP (pre-trained here) -> CLIP features (HDF5) -> baselines + training of the
-#   joint encoder -> test-split comparison -> faiss index over the KB -> one search from the CLI.
+#   demo data -> tiny CLIP (pre-trained by clip_family's trainer, exported to an OpenAI .pt) -> CLIP features (HDF5)
+#   -> baselines + training of the joint encoder -> test-split comparison -> faiss index over the KB -> one search
+#   from the CLI.
 # Everything goes under $DEMO (default runs/demo); a rerun resumes or reuses what is already complete.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,7 +25,7 @@ step "3/5 test-split comparison ($DEMO/comparison.json)"
 $VLT5R demo report --comparison "$DEMO/comparison.json"
 
 step "4/5 faiss index over the knowledge base's CLIP image embeddings"
-$VLT5R build-index --features "$DEMO/features/kb_image.h5" --out "$DEMO/index" --factory Flat
+$VLT5R build-index --features "$DEMO/features/kb_image.h5" --out "$DEMO/index" --factory Flat --overwrite
 
 step "5/5 one test query from the search CLI"
 IFS=$'\t' read -r QUESTION IMAGE POSITIVE < <($VLT5R demo example "$DEMO/data/queries.test.jsonl")
@@ -37,7 +38,7 @@ cat <<EOF
 
 == done in $(( $(date +%s) - start ))s. Everything is under $DEMO/:
   data/            kb.jsonl, queries.{train,dev,test}.jsonl, images/
-  clip/            demo_clip.pt (tiny OpenAI-format CLIP)
+  clip/            pairs/ (entity renders + captions), train/ (the clip-train run), demo_clip.pt (its OpenAI export)
   features/        scenes.h5 (fc + grid), kb_image.h5, kb_text.h5, questions.h5
   train/           best/ last/ init/ encoders, log.jsonl, config.json
   comparison.json  test-split MRR@10 / recall of CLIP image-only, text-only, untrained and trained joint encoder

@@ -55,11 +55,10 @@ args=(--kb "$KB" --kb-features "$KB_FEATURES" --train-queries "$TRAIN" --query-f
 [[ -f "$QUESTION_FEATURES" ]] && args+=(--question-features "$QUESTION_FEATURES")
 # KB side: the CLIP image embeddings of the entries (KB_SIDE=text|mean also use the passages' text embeddings).
 if [[ "$KB_SIDE" != image ]]; then args+=(--kb-text-features "$KB_TEXT_FEATURES" --kb-side "$KB_SIDE"); fi
-# The tiny random-init configuration of the demo (every value can be overridden by "$@").
-# The demo CLIP's grid is 2x2 (one token per scene quadrant) + the fc token.
-args+=(--init random --d-model 128 --num-layers 2 --num-heads 4 --d-kv 32 --d-ff 256 --pooling attention
-       --fc-token --boxes grid_cells --batch-size 32 --hard-negatives 3 --epochs 4
-       --lr-head 1e-3 --lr-visual 1e-3 --lr-backbone 1e-3 --learn-temperature)
+# The shipped random-init recipe (configs/joint_random_small.json: d 128, 2 layers, attention pooling, the fc
+# token, grid-cell boxes, KB-wide negatives, LR 1e-3 for every group, learned temperature; docs/training.md §10
+# measures it). Every value can be overridden by "$@". The demo CLIP's grid is 2x2 (one token per quadrant).
+args+=(--config configs/joint_random_small.json --epochs 4)
 
 echo "training: outputs under $OUT (config.json, log.jsonl, init/ best/ last/, comparison.json)"
 if [[ "$NPROC" -gt 1 ]]; then

@@ -79,6 +79,22 @@ def test_exit_codes_and_one_line_errors(tmp_path: Path) -> None:
           str(tmp_path / "run")], 1, "no_dir"),
         (["eval", "--model", "ViT-B/32", "--task", "no_such_task", "--data", "x"], 2, "unknown task 'no_such_task'"),
         (["report", str(tmp_path / "missing.json"), "--out", str(tmp_path / "rep")], 1, "missing.json"),
+        (["distill", "--teacher", "tiny", "--student", str(tmp_path), "--train-data", str(tmp_path / "pairs.jsonl"),
+          "--out", str(tmp_path / "run")], 1, "pairs.jsonl: no such file"),
+        (["distill", "--loss", "kl"], 2, "invalid choice: 'kl'"),
+        (["distill", "--layer-kd", "--teacher-features", str(tmp_path / "t.h5")], 2, "--layer-kd needs"),
+        (["distill", "--evaluate", str(tmp_path)], 2, "--evaluate needs --xtd-images"),
+        (["mine-negclip", "--captions", str(tmp_path / "no.csv"), "--image-features", str(tmp_path / "f.h5"),
+          "--out", str(tmp_path / "m.tsv")], 1, "no.csv: no such file"),
+        (["mine-negclip", "--captions", str(tmp_path / "no.csv"), "--out", str(tmp_path / "m.tsv")], 2,
+         "--image-features is required"),
+        (["mine-negclip", "--span-types", "clause"], 2, "span_types: ['clause']"),
+        (["clip-train", "--image-tower", str(tmp_path)], 2, "--image-tower and --text-tower go together"),
+        (["clip-train", "--peft-method", "dora"], 2, "invalid choice: 'dora'"),
+        (["clip-train", "--wandb", "cloud"], 2, "invalid choice: 'cloud'"),
+        (["clip-train", "--eval-tasks", "sugar_crepe", "--train-data", str(tmp_path), "--out", str(tmp_path / "run")],
+         2, "expected NAME=DATA"),
+        (["distill", "--write-english", str(tmp_path / "en.jsonl")], 2, "--write-english needs --train-data"),
     ]
     for argv, code, text in cases:
         proc = run([sys.executable, "-m", "vlt5r", *argv], cwd=tmp_path)

@@ -1,4 +1,5 @@
-"""CLIP-family losses: parity with open_clip (one process and a 2-process gloo gather) and a hand-worked 3×3 case."""
+"""CLIP-family losses: parity with open_clip (one process; 2-process gloo gathers; 2- and 3-process SigLIP exchanges)
+and a hand-worked 3×3 case."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from clip_family.losses import INIT, clip_loss, scale_from_param, siglip_loss
+from clip_family.losses import INIT, SIGLIP_DIST, clip_loss, scale_from_param, siglip_loss
+from foundations.errors import ConfigError
 
 open_clip_loss = pytest.importorskip("open_clip.loss")
 
@@ -61,6 +63,16 @@ def test_init_and_clamp() -> None:
     assert float(big.grad) == 0.0
 
 
+def run_gloo(worker, world: int, tmp_path: Path) -> list[dict]:  # noqa: ANN001
+    """The 2- (or W-) process harness: ``worker(rank, world, init_file, out_dir)`` on ``world`` spawned processes
+    that join a gloo group through ``init_file``, each saving ``out_dir/rank{r}.pt``; returns those, rank order."""
+    import torch.multiprocessing as mp
+
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    mp.spawn(worker, args=(world, str(tmp_path / "init"), str(tmp_path)), nprocs=world, join=True)
+    return [torch.load(tmp_path / f"rank{r}.pt") for r in range(world)]
+
+
 def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
     import torch.distributed as dist
 
@@ -76,24 +88,13 @@ def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
             image[shard], text[shard], scale)
         ours.backward()
         results[f"clip_{local}_{with_grad}"] = (float(ours), float(theirs), img.grad.clone())
-    bias = torch.tensor(-10.0, dtype=torch.float64)
-    img = image[shard].clone().requires_grad_(True)
-    ours = siglip_loss(img, text[shard], torch.tensor(10.0, dtype=torch.float64), bias)
-    theirs = open_clip_loss.SigLipLoss(rank=rank, world_size=world, dist_impl="gather")(
-        image[shard], text[shard], torch.tensor(10.0, dtype=torch.float64), bias)
-    ours.backward()
-    results["siglip"] = (float(ours), float(theirs), img.grad.clone())
     torch.save(results, Path(out_dir) / f"rank{rank}.pt")
     dist.destroy_process_group()
 
 
 @pytest.mark.slow
 def test_two_process_gather_equals_single_process(tmp_path: Path) -> None:
-    import torch.multiprocessing as mp
-
-    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
-    mp.spawn(_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
-    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    ranks = run_gloo(_worker, 2, tmp_path)
     image, text = features(n=8, seed=3)
     scale = torch.tensor(1 / 0.07, dtype=torch.float64)
     full_image = image.clone().requires_grad_(True)
@@ -109,11 +110,55 @@ def test_two_process_gather_equals_single_process(tmp_path: Path) -> None:
     grads = torch.cat([ranks[r]["clip_True_True"][2] for r in range(2)]) / 2
     assert torch.allclose(grads, full_image.grad, atol=1e-9)
 
-    full_image = image.clone().requires_grad_(True)
-    single = siglip_loss(full_image, text, torch.tensor(10.0, dtype=torch.float64), -10.0)
+
+def test_siglip_unknown_dist_impl_is_a_config_error() -> None:
+    image, text = features()
+    with pytest.raises(ConfigError, match="ring"):
+        siglip_loss(image, text, 10.0, -10.0, dist_impl="ring")
+
+
+SIGLIP_SCALE, SIGLIP_BIAS = 3.0, -1.0  # a bias near the logits' range, so the negatives' gradients are not ~0
+
+
+def _siglip_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    image, text = features(n=12, seed=4)
+    local = 12 // world
+    shard = slice(rank * local, (rank + 1) * local)
+    scale, bias = torch.tensor(SIGLIP_SCALE, dtype=torch.float64), torch.tensor(SIGLIP_BIAS, dtype=torch.float64)
+    results = {}
+    for impl in SIGLIP_DIST:
+        img, txt = image[shard].clone().requires_grad_(True), text[shard].clone().requires_grad_(True)
+        ours = siglip_loss(img, txt, scale, bias, dist_impl=impl)
+        ours.backward()
+        theirs = open_clip_loss.SigLipLoss(rank=rank, world_size=world, dist_impl=impl)(
+            image[shard], text[shard], scale, bias)
+        results[impl] = (float(ours), float(theirs), img.grad.clone(), txt.grad.clone())
+    torch.save(results, Path(out_dir) / f"rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("world", [2, 3])
+def test_siglip_dist_impls_equal_open_clip_and_single_process(tmp_path: Path, world: int) -> None:
+    """Every dist_impl (all-gather, all-reduce, ring shift, two-way ring) on W gloo ranks: each rank's loss equals
+    open_clip's SigLipLoss with the same dist_impl; the mean over ranks equals the single-process loss of the global
+    batch, and the ranks' image and text gradients, averaged as DDP does, equal its gradients (texts' gradients come
+    back through the exchanges)."""
+    ranks = run_gloo(_siglip_worker, world, tmp_path)
+    image, text = features(n=12, seed=4)
+    full_image, full_text = image.clone().requires_grad_(True), text.clone().requires_grad_(True)
+    single = siglip_loss(full_image, full_text, torch.tensor(SIGLIP_SCALE, dtype=torch.float64), SIGLIP_BIAS)
     single.backward()
-    for r in range(2):
-        assert abs(ranks[r]["siglip"][0] - ranks[r]["siglip"][1]) <= 1e-6
-    assert abs(sum(ranks[r]["siglip"][0] for r in range(2)) / 2 - float(single.detach())) <= 1e-6
-    grads = torch.cat([ranks[r]["siglip"][2] for r in range(2)]) / 2
-    assert torch.allclose(grads, full_image.grad, atol=1e-9)
+    assert float(full_text.grad.abs().min()) > 1e-4  # every text row gets a gradient worth checking
+    for impl in SIGLIP_DIST:
+        for r in range(world):
+            ours, theirs, _, _ = ranks[r][impl]
+            assert abs(ours - theirs) <= 1e-6, (impl, r)
+        assert abs(sum(ranks[r][impl][0] for r in range(world)) / world - float(single.detach())) <= 1e-6, impl
+        image_grad = torch.cat([ranks[r][impl][2] for r in range(world)]) / world
+        text_grad = torch.cat([ranks[r][impl][3] for r in range(world)]) / world
+        assert torch.allclose(image_grad, full_image.grad, atol=1e-9), impl
+        assert torch.allclose(text_grad, full_text.grad, atol=1e-9), impl

@@ -195,3 +195,12 @@ def test_transformers_towers_from_directories(tmp_path: Path) -> None:
     again = ClipFamilyModel.from_pretrained(tmp_path / "saved").eval()
     assert torch.allclose(again.encode_image(image, normalize=True), emb, atol=1e-6)
     assert torch.allclose(again.encode_text(["a cat"]), model.encode_text(["a cat"]), atol=1e-6)
+
+
+def test_a_corrupt_weights_file_is_one_line_naming_it(tmp_path: Path) -> None:
+    """A truncated ``model.safetensors`` (resume, ``from_pretrained``) is a UserError naming the file, not a trace."""
+    model = ClipFamilyModel(tiny_config())
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(b"\x00" * 7)
+    with pytest.raises(UserError, match=r"model\.safetensors: not a readable safetensors file"):
+        model.load_weights(weights)

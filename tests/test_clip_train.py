@@ -125,14 +125,17 @@ def test_cli_siglip_from_csv_and_export(tmp_path: Path, small: tuple[Path, Path]
     code = main(["clip-train", "--model-name", "tiny", "--variant", "SigLIP", "--train-data", str(csv),
                  "--val-data", str(small[1]), "--batch-size", "16", "--max-steps", "2", "--out", str(out),
                  "--no-progress", "--no-tensorboard", "--threads", "1", "--precision", "bf16",
-                 "--export-openai", str(tmp_path / "m.pt")])
+                 "--export-openai", str(tmp_path / "m.pt"), "--export-transformers", str(tmp_path / "hf")])
     assert code == 0
     for name in ("config.json", "log.jsonl", "curves.png", "last/model.safetensors", "last/config.json",
                  "best/trainer_state.json"):
         assert (out / name).exists(), name
     model = ClipFamilyModel.from_pretrained(out / "last")
     assert model.config.variant == "SigLIP" and model.logit_bias is not None
-    assert (tmp_path / "m.pt").is_file()
+    assert (tmp_path / "m.pt").is_file() and (tmp_path / "hf/model.safetensors").is_file()
+    assert main(["clip-train", "--train-data", str(csv), "--out", str(tmp_path / "r3"), "--export-transformers",
+                 str(tmp_path / "hf")]) == 2  # an existing export is refused before training
+    assert not (tmp_path / "r3").exists()
     assert main(["clip-train", "--train-data", str(tmp_path / "nope"), "--out", str(tmp_path / "r2")]) == 1
 
 
@@ -206,12 +209,53 @@ def test_pre_embedding_a_locked_tower_gives_the_same_loss(tmp_path: Path, small:
     plain = CLIPTask(model, data, None, config(tmp_path / "a", small[0], None, model__variant="SigLiT"))
     stored = CLIPTask(model, data, None, config(tmp_path / "b", small[0], None, model__variant="SigLiT",
                                                 data__pre_embed=True))
-    plain.train(), stored.train()
-    for a, b in zip(plain.train_batches(0, 0, 2), stored.train_batches(0, 0, 2)):
+    in_file = CLIPTask(model, data, None, config(tmp_path / "c", small[0], None, model__variant="SigLiT",
+                                                 data__pre_embed_features=str(tmp_path / "tower.h5")))
+    plain.train(), stored.train(), in_file.train()
+    for a, b, c in zip(plain.train_batches(0, 0, 2), stored.train_batches(0, 0, 2), in_file.train_batches(0, 0, 2)):
         assert "pixels" not in b and b["tower_output"].shape == (8, 24)
+        assert "pixels" not in c and torch.equal(b["tower_output"], c["tower_output"])
         assert torch.allclose(plain.training_forward(a)[0], stored.training_forward(b)[0], atol=1e-6)
+        assert torch.allclose(plain.training_forward(a)[0], in_file.training_forward(c)[0], atol=1e-6)
+    from feature_extraction.readers import open_features
+
+    with open_features(tmp_path / "tower.h5") as store:  # the extraction layout: ids = image keys, fc = tower output
+        assert store.ids == [it.key for it in data.items] and store.attrs["modality"] == "image"
+        first = torch.stack([plain.pixels(i, data.items[i]) for i in range(3)])
+        with torch.no_grad():
+            expected = model.visual.eval()(first)  # (3, 24): the locked tower's own output
+        assert torch.allclose(torch.from_numpy(store.get_many(store.ids[:3]).fc), expected, atol=1e-6)
     result = train(config(tmp_path / "run", small[0], None, model__variant="SigLiT", data__pre_embed=True,
                           loop__max_steps=2))
     assert result.global_step == 2
     with pytest.raises(Exception, match="locked image tower"):
         CLIPTask(build("tiny", "CLIP"), data, None, config(tmp_path / "c", small[0], None, data__pre_embed=True))
+
+
+def test_pre_embed_features_file_is_reused_without_the_tower_and_checked(
+        tmp_path: Path, small: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    from clip.model import VisionTransformer
+
+    from foundations.errors import UserError
+
+    forward, calls = VisionTransformer.forward, []
+    monkeypatch.setattr(VisionTransformer, "forward", lambda self, x: calls.append(len(x)) or forward(self, x))
+    path = tmp_path / "tower.h5"
+
+    def run(out: str, train_dir: Path = small[0], **overrides: object) -> None:
+        train(config(tmp_path / out, train_dir, None, model__variant="LiT", data__pre_embed_features=str(path),
+                     loop__max_steps=2, **overrides))
+
+    run("a")
+    assert sum(calls) == 48 and path.is_file()  # every training image through the tower once, then never again
+    written = path.stat().st_mtime_ns
+    calls.clear()
+    run("b")  # the same locked tower (same seed): the file is reused
+    assert calls == [] and path.stat().st_mtime_ns == written
+    a, b = weights(tmp_path / "a/last"), weights(tmp_path / "b/last")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(UserError, match="another image tower"):
+        run("c", loop__seed=1)  # another initialisation of the tower: refused, not silently used
+    with pytest.raises(UserError, match=r"id\(s\) not in this feature file"):
+        run("d", small[1])  # images the file does not hold
+    assert calls == [] and path.stat().st_mtime_ns == written

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from retrieval.demo import report
-from retrieval.demo.pretrain_clip import DEMO_CLIP, PretrainConfig, pretrain_demo_clip
+from retrieval.demo.prepare import DEMO_CLIP_MODEL, DemoClipConfig, pretrain_demo_clip
 from retrieval.demo.task import (COLORS, POSITIONS, SHAPES, DemoTaskConfig, entities, scene_image,
                                  write_demo_task)
 
@@ -92,17 +92,31 @@ def test_scene_cells_hold_their_objects() -> None:
         assert (dist < 30).sum() > 50, e
 
 
-def test_pretrained_demo_clip_loads_through_clip_load(tmp_path: Path) -> None:
+def test_demo_clip_is_trained_by_the_clip_family_trainer_and_loads_through_clip_load(tmp_path: Path) -> None:
+    """3 steps of clip_family's trainer on the entities' renders; the export is the run's last weights, in the OpenAI
+    format that clip.load reads, with the demo architecture (what extraction expects)."""
     import clip
+    from safetensors.torch import load_file
 
-    path = pretrain_demo_clip(tmp_path / "demo_clip.pt", PretrainConfig(steps=3, renders_per_entity=2))
-    model, preprocess = clip.load(str(path), device="cpu", jit=False)
+    from clip_family.export import config_from_openai_state, openai_to_ours
+
+    path = pretrain_demo_clip(tmp_path / "clip" / "demo_clip.pt",
+                              DemoClipConfig(steps=3, renders_per_entity=2, val_renders_per_entity=1))
+    log = [json.loads(line) for line in (tmp_path / "clip/train/log.jsonl").read_text().splitlines()]
+    assert max(r["step"] for r in log if r["kind"] == "train") == 3  # 128 pairs / batch 64: 2 epochs, 3 steps
+    assert "zeroshot_accuracy" in [r for r in log if r["kind"] == "dev"][-1]
     state = torch.load(path, weights_only=True)
-    assert all(v.dtype in (torch.float16, torch.int64, torch.float32) for v in state.values())
+    trained = load_file(str(tmp_path / "clip/train/last/model.safetensors"))
+    assert openai_to_ours(state).keys() == trained.keys() - {"logit_bias"}
+    assert all(torch.equal(v, trained[k]) for k, v in openai_to_ours(state).items())
     assert "visual.layer4.0.conv1.weight" in state  # a ModifiedResNet, as the released RN checkpoints
+    model, preprocess = clip.load(str(path), device="cpu", jit=False)
     x = preprocess(Image.new("RGB", (80, 64), "white"))[None]
-    assert model.encode_image(x).shape == (1, DEMO_CLIP.embed_dim)
-    assert model.visual.input_resolution == DEMO_CLIP.image_resolution
+    assert model.encode_image(x).shape == (1, DEMO_CLIP_MODEL["embed_dim"])
+    assert model.visual.input_resolution == DEMO_CLIP_MODEL["image"]["image_resolution"]
+    inferred = config_from_openai_state(state)  # as clip.model.build_model infers it
+    assert (inferred.embed_dim, inferred.image.layers, inferred.image.width) == (48, (1, 1, 1, 1), 16)
+    assert (inferred.text.context_length, inferred.text.width, inferred.text.layers) == (77, 64, 2)
 
 
 def test_report_verdict_and_example(tmp_path: Path) -> None:
@@ -126,3 +140,5 @@ def test_report_verdict_and_example(tmp_path: Path) -> None:
 def test_config_is_validated(bad: dict) -> None:
     with pytest.raises(ValueError):
         DemoTaskConfig(**bad)
+    with pytest.raises(ValueError, match="renders_per_entity"):
+        DemoClipConfig(renders_per_entity=0)

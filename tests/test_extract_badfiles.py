@@ -1,6 +1,7 @@
 """Bad input never stops a run: a folder with 9 kinds of bad files plus 7 convertible modes ends with every good
 image written (features equal to the model on the expected RGB image) and every bad one reported with its
-reason - in the summary, in the file's skipped record and in the ``.skipped.tsv`` sidecar."""
+reason - in the summary, in the file's skipped record and in the ``.skipped.tsv`` sidecar. The same with
+``--precision bf16`` and with ``--decode gpu`` (whose converted files all take the CPU path, counted by reason)."""
 
 from __future__ import annotations
 
@@ -16,15 +17,18 @@ from feature_extraction.writer import read_skip_record
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")  # clip.load
 
 MAX_PIXELS = 300 * 300
+MODES = {"fp32": {}, "bf16": {"precision": "bf16"}, "decode-gpu": {"decode": "gpu"}}
 
 
-def test_bad_files_are_skipped_with_reasons_and_good_ones_written(tiny_vit_pt, tmp_path):
+@pytest.mark.parametrize("mode", list(MODES))
+def test_bad_files_are_skipped_with_reasons_and_good_ones_written(mode, tiny_vit_pt, tmp_path):
     folder = tmp_path / "imgs"
     make_image_folder(folder, 5, size=(120, 90))
     bad = make_bad_files(folder / "bad", MAX_PIXELS)
     convertible = make_convertible_files(folder / "modes")
     out = tmp_path / "f.h5"
-    summary = extract_with(out, tiny_vit_pt, images=folder, max_pixels=MAX_PIXELS, batch_size=4, num_workers=2)
+    summary = extract_with(out, tiny_vit_pt, images=folder, max_pixels=MAX_PIXELS, batch_size=4, num_workers=2,
+                           **MODES[mode])
 
     ids, fc, _, _ = read_all(out)
     good = {f"img_{i:05d}" for i in range(5)} | {f"modes/{k}" for k in convertible}
@@ -40,13 +44,18 @@ def test_bad_files_are_skipped_with_reasons_and_good_ones_written(tiny_vit_pt, t
     # Converted images are encoded exactly as the model encodes the expected RGB image.
     model, preprocess = clip.load(str(tiny_vit_pt), device="cpu", jit=False)
     names = sorted(convertible)
-    with torch.no_grad():
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=mode == "bf16"):
         ref = model.encode_image(torch.stack([preprocess(convertible[n]) for n in names]))
     rows = [ids.index(f"modes/{n}") for n in names]
-    np.testing.assert_allclose(fc[rows], ref.numpy(), atol=1e-5, rtol=0)
+    np.testing.assert_allclose(fc[rows], ref.float().numpy(), atol=1e-5, rtol=0)
+    if mode == "decode-gpu":  # PNG/TIFF data (whatever the suffix) and the CMYK JPEG: the CPU path, by reason
+        assert summary.decoded_on_cpu == {"not a JPEG": 6, "CMYK JPEG": 1}
+        assert "decoded on the CPU instead of the device: 7: 1 CMYK JPEG, 6 not a JPEG" in summary.text()
+    else:
+        assert not summary.decoded_on_cpu
 
     # A rerun does not retry known-bad files: it is a no-op that says so.
-    again = extract_with(out, tiny_vit_pt, images=folder, max_pixels=MAX_PIXELS)
+    again = extract_with(out, tiny_vit_pt, images=folder, max_pixels=MAX_PIXELS, **MODES[mode])
     assert again.nothing_to_do and again.written == 0 and "nothing to do" in again.text()
 
 

@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 
+import h5py
 import pytest
 from helpers_extract import REPO
 
@@ -41,8 +42,13 @@ def run_main(capsys, *argv: str) -> tuple[int, str, str]:
     (["--images", "{imgs}", "--num-shards", "2", "--shard-id", "2"], "shard id must be in"),
     (["--images", "{imgs}", "--image-size", "36"], "--image-size 36 must be a multiple of 8"),
     (["--images", "{imgs}", "--batch-size", "0"], "must be >= 1"),
+    (["--images", "{imgs}", "--batch-size", "many"], "--batch-size: expected an integer or auto, got 'many'"),
+    (["--images", "{imgs}", "--precision", "fp16"], "--precision fp16 needs CUDA; on a CPU use bf16"),
+    (["--images", "{imgs}", "--precision", "int8"], "argument --precision: invalid choice"),
+    (["--texts", "{imgs}/kb.jsonl", "--decode", "gpu"], "--decode gpu decodes images; it does not apply to --texts"),
 ])
 def test_user_errors_exit_2_with_one_line(argv, message, imgs, tiny_vit_pt, tmp_path, capsys):
+    (imgs / "kb.jsonl").write_text('{"id": "a", "text": "a cat"}\n')
     filled = [a.format(tmp=tmp_path, imgs=imgs) for a in argv] + ["--out", str(tmp_path / "f.h5")]
     if "--backbone" not in filled:
         filled += ["--backbone", str(tiny_vit_pt)]
@@ -68,6 +74,24 @@ def test_append_with_other_backbone_and_wrong_out_are_user_errors(imgs, tiny_vit
     assert code == 2 and "not a feature file" in err
     code, _, err = run_main(capsys, "--images", str(imgs), "--out", str(tmp_path / "f.npy"))
     assert code == 2 and "must be an .h5 file" in err
+
+
+def test_precision_is_recorded_and_appending_with_another_is_refused(imgs, tiny_vit_pt, tmp_path, capsys):
+    out = str(tmp_path / "f.h5")
+    code, stdout, _ = run_main(capsys, "--images", str(imgs), "--out", out, "--backbone", str(tiny_vit_pt),
+                               "--precision", "bf16", "--batch-size", "auto")
+    assert code == 0 and "written 3" in stdout
+    with h5py.File(out) as f:
+        assert f.attrs["precision"] == "bf16" and f.attrs["decode"] == "cpu"
+    (imgs / "new.jpg").write_bytes((imgs / "img_00000.jpg").read_bytes())
+    try:
+        code, _, err = run_main(capsys, "--images", str(imgs), "--out", out, "--backbone", str(tiny_vit_pt))
+        assert code == 2 and "precision: 'bf16' vs 'fp32'" in err and err.count("\n") == 1
+        code, stdout, _ = run_main(capsys, "--images", str(imgs), "--out", out, "--backbone", str(tiny_vit_pt),
+                                   "--precision", "bf16")
+        assert code == 0 and "written 1" in stdout and "file now 4 rows" in stdout
+    finally:
+        (imgs / "new.jpg").unlink()
 
 
 def test_text_mode_summary_counts_bad_lines(tiny_vit_pt, tmp_path, capsys):

@@ -1,10 +1,14 @@
 """``fc`` and ``grid`` in the written file equal the same quantities computed directly from the model
 (``clip.load(path)`` for OpenAI-format ViT and ResNet, ``CLIPModel`` for ``hf:`` dirs), in float32 to 1e-5;
-text mode equals ``encode_text`` / ``get_text_features``; ``--image-size`` interpolates positional embeddings."""
+text mode equals ``encode_text`` / ``get_text_features``; ``--image-size`` interpolates positional embeddings.
+With ``--precision bf16`` the same references computed under ``torch.autocast(bfloat16)`` are matched (and the
+result really differs from fp32)."""
 
 from __future__ import annotations
 
 import json
+
+import contextlib
 
 import clip
 import numpy as np
@@ -19,6 +23,18 @@ from feature_extraction.tiny import make_image_folder
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")  # clip.load
 
 TOL = 1e-5
+PRECISIONS = ["fp32", "bf16"]
+
+
+def reference_precision(precision: str) -> contextlib.AbstractContextManager:
+    """The arithmetic ``--precision`` promises, applied to the reference computation."""
+    return torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
+
+
+def assert_really_reduced(precision: str, got: np.ndarray, fp32: torch.Tensor) -> None:
+    """A bf16 run that silently computed in fp32 would pass the parity checks against a loose reference."""
+    if precision == "bf16":
+        assert np.abs(got - fp32.numpy()).max() > 1e-5
 
 
 @pytest.fixture(scope="module")
@@ -49,10 +65,11 @@ def openai_reference(model: clip.model.CLIP, pixels: torch.Tensor) -> tuple[torc
     return v.attnpool(x), x.flatten(2).transpose(1, 2)
 
 
+@pytest.mark.parametrize("precision", PRECISIONS)
 @pytest.mark.parametrize("which", ["tiny_vit_pt", "tiny_resnet_pt"])
-def test_openai_fc_and_grid_equal_the_model(which, photos, tmp_path, request):
+def test_openai_fc_and_grid_equal_the_model(which, precision, photos, tmp_path, request):
     path = request.getfixturevalue(which)
-    summary = extract_with(tmp_path / "f.h5", path, images=photos, batch_size=3)
+    summary = extract_with(tmp_path / "f.h5", path, images=photos, batch_size=3, precision=precision)
     ids, fc, grid, attrs = read_all(tmp_path / "f.h5")
     assert summary.written == 7 and len(ids) == 7
     model, preprocess = clip.load(str(path), device="cpu", jit=False)
@@ -60,30 +77,39 @@ def test_openai_fc_and_grid_equal_the_model(which, photos, tmp_path, request):
     assert torch.equal(pixels, torch.stack([clip_transform(model.visual.input_resolution)(im)
                                             for im in _pil(photos, ids)]))
     with torch.no_grad():
-        ref_fc, ref_grid = openai_reference(model, pixels)
-        direct = model.encode_image(pixels)
-    np.testing.assert_allclose(fc, direct.numpy(), atol=TOL, rtol=0)
-    np.testing.assert_allclose(fc, ref_fc.numpy(), atol=TOL, rtol=0)
-    np.testing.assert_allclose(grid, ref_grid.numpy(), atol=TOL, rtol=0)
+        with reference_precision(precision):
+            ref_fc, ref_grid = openai_reference(model, pixels)
+            direct = model.encode_image(pixels)
+        fp32 = model.encode_image(pixels)
+    np.testing.assert_allclose(fc, direct.float().numpy(), atol=TOL, rtol=0)
+    np.testing.assert_allclose(fc, ref_fc.float().numpy(), atol=TOL, rtol=0)
+    np.testing.assert_allclose(grid, ref_grid.float().numpy(), atol=TOL, rtol=0)
+    assert_really_reduced(precision, fc, fp32)
+    assert attrs["precision"] == precision
     h, w = attrs["grid_hw"]
     assert grid.shape == (7, h * w, attrs["grid_dim"]) and fc.shape == (7, attrs["fc_dim"])
     assert attrs["backbone_arch"] == ("vit" if which == "tiny_vit_pt" else "resnet")
     assert (h, w) == ((4, 4) if which == "tiny_vit_pt" else (3, 3))
 
 
-def test_hf_fc_and_grid_equal_the_model(tiny_hf_clip_dir, photos, tmp_path):
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_hf_fc_and_grid_equal_the_model(precision, tiny_hf_clip_dir, photos, tmp_path):
     from transformers import CLIPImageProcessor, CLIPModel
 
-    extract_with(tmp_path / "f.h5", f"hf:{tiny_hf_clip_dir}", images=photos, batch_size=3, num_workers=2)
+    extract_with(tmp_path / "f.h5", f"hf:{tiny_hf_clip_dir}", images=photos, batch_size=3, num_workers=2,
+                 precision=precision)
     ids, fc, grid, attrs = read_all(tmp_path / "f.h5")
     model = CLIPModel.from_pretrained(tiny_hf_clip_dir).eval()
     pixels = CLIPImageProcessor.from_pretrained(tiny_hf_clip_dir)(images=_pil(photos, ids),
                                                                    return_tensors="pt")["pixel_values"]
     with torch.no_grad():
-        vision = model.vision_model(pixel_values=pixels)
-        ref_fc = model.visual_projection(vision.pooler_output)
-    np.testing.assert_allclose(fc, ref_fc.numpy(), atol=TOL, rtol=0)
-    np.testing.assert_allclose(grid, vision.last_hidden_state[:, 1:].numpy(), atol=TOL, rtol=0)
+        with reference_precision(precision):
+            vision = model.vision_model(pixel_values=pixels)
+            ref_fc = model.visual_projection(vision.pooler_output)
+        fp32 = model.visual_projection(model.vision_model(pixel_values=pixels).pooler_output)
+    np.testing.assert_allclose(fc, ref_fc.float().numpy(), atol=TOL, rtol=0)
+    np.testing.assert_allclose(grid, vision.last_hidden_state[:, 1:].float().numpy(), atol=TOL, rtol=0)
+    assert_really_reduced(precision, fc, fp32)
     assert attrs["grid_hw"] == [4, 4] and attrs["backbone_family"] == "hf-clip"
 
 
@@ -94,15 +120,21 @@ def _texts(tmp_path):
     return [r["text"] for r in records]
 
 
-def test_openai_text_mode_equals_encode_text(tiny_vit_pt, tmp_path):
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_openai_text_mode_equals_encode_text(precision, tiny_vit_pt, tmp_path):
     texts = _texts(tmp_path)
-    extract_with(tmp_path / "kb.h5", tiny_vit_pt, texts=tmp_path / "kb.jsonl", batch_size=2)
+    extract_with(tmp_path / "kb.h5", tiny_vit_pt, texts=tmp_path / "kb.jsonl", batch_size=2, precision=precision)
     ids, fc, grid, attrs = read_all(tmp_path / "kb.h5")
     model, _ = clip.load(str(tiny_vit_pt), device="cpu", jit=False)
+    tokens = clip.tokenize(texts, truncate=True)
     with torch.no_grad():
-        ref = model.encode_text(clip.tokenize(texts, truncate=True))
+        with reference_precision(precision):
+            ref = model.encode_text(tokens)
+        fp32 = model.encode_text(tokens)
     assert ids == [f"t{i}" for i in range(5)] and grid is None and attrs["modality"] == "text"
-    np.testing.assert_allclose(fc, ref.numpy(), atol=TOL, rtol=0)
+    np.testing.assert_allclose(fc, ref.float().numpy(), atol=TOL, rtol=0)
+    assert_really_reduced(precision, fc, fp32)
+    assert attrs["precision"] == precision and "decode" not in attrs
 
 
 def test_hf_text_mode_equals_get_text_features(tiny_hf_clip_dir, tmp_path):

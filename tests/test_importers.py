@@ -205,3 +205,23 @@ def test_kilt_output_feeds_the_passage_map_without_edits(tmp_path) -> None:
         assert [h.id for h in hits] == expected, passages
         assert hits[0].title == "A" and hits[0].snippet == "A is the first letter."
         assert searcher.image_entry_id(expected[0]) == "290"  # the passage's picture is its article's
+
+
+def test_a_full_disk_is_one_line_naming_the_output_and_keeps_the_old_file(tmp_path, monkeypatch) -> None:
+    """ENOSPC while streaming the JSONL: a DiskWriteError naming the output; an existing output is unchanged."""
+    import errno
+
+    from foundations.io import DiskWriteError
+    from retrieval.formats import KBEntry
+    from retrieval.importers.write import write_unique
+
+    out = tmp_path / "kb.jsonl"
+    out.write_text("old\n")
+
+    def records():
+        yield KBEntry(id="a", title="t", text="x")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(DiskWriteError, match=r"kb\.jsonl: no space left on device; nothing was lost"):
+        write_unique(out, records(), ImportStats(), strict=False)
+    assert out.read_text() == "old\n" and not (tmp_path / "kb.jsonl.part").exists()

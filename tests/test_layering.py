@@ -17,7 +17,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("foundations", "engine", "vlt5", "adapters", "feature_extraction", "retrieval", "clip_family", "evaluation",
-            "vlt5r")
+            "multilingual", "vlt5r")
 DRIVERS = "vlt5r"  # the only package allowed to parse command lines (plus foundations.cli, which provides it)
 
 

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from retrieval.losses import build_candidates, clip_loss, dpr_loss
+from retrieval.losses import build_candidates, dpr_loss
 
 # Three queries; q2 has two positives; hard negatives overlap other queries' positives.
 POSITIVES = [["A"], ["B", "C"], ["E"]]
@@ -69,12 +69,15 @@ def test_per_rank_losses_average_to_the_global_loss() -> None:
     assert torch.stack(per_query).mean().item() == pytest.approx(hand_loss(), rel=1e-6)
 
 
-def test_clip_loss_by_hand_on_two_pairs() -> None:
-    img = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
-    txt = torch.tensor([[1.0, 0.0], [0.6, 0.8]])
-    scale = 2.0
-    e = math.exp
-    # logits = 2 * cos: image rows [[2, 1.2], [0, 1.6]]; text rows are the transpose.
-    loss_i = (-(2 - math.log(e(2) + e(1.2))) - (1.6 - math.log(e(0) + e(1.6)))) / 2
-    loss_t = (-(2 - math.log(e(2) + e(0))) - (1.6 - math.log(e(1.2) + e(1.6)))) / 2
-    assert clip_loss(img, txt, torch.tensor(scale)).item() == pytest.approx((loss_i + loss_t) / 2, rel=1e-6)
+def test_candidates_normalized_skips_only_a_redundant_normalisation() -> None:
+    """``candidates_normalized=True`` (a frozen KB of unit rows) gives the loss of the default path on unit rows,
+    and differs on rows that are not unit (so the flag really skips the normalisation)."""
+    gen = torch.Generator().manual_seed(0)
+    queries, raw = torch.randn(3, 4, generator=gen), torch.randn(5, 4, generator=gen) * 3
+    unit = torch.nn.functional.normalize(raw, dim=-1)
+    mask = torch.zeros(3, 5, dtype=torch.bool)
+    mask[0, 1] = mask[1, 0] = mask[2, 4] = True
+    assert dpr_loss(queries, unit, mask, 0.1, candidates_normalized=True).item() == pytest.approx(
+        dpr_loss(queries, raw, mask, 0.1).item(), rel=1e-6)
+    assert dpr_loss(queries, raw, mask, 0.1, candidates_normalized=True).item() != pytest.approx(
+        dpr_loss(queries, raw, mask, 0.1).item(), rel=1e-3)

@@ -66,15 +66,16 @@ def train_args(paths: dict[str, Path], out: Path, *extra: str) -> list[str]:
 
 
 def run_train(args: list[str], env: dict[str, str] | None = None, timeout: float = 300,
-              torchrun: int | None = None) -> subprocess.CompletedProcess:
-    """``python -m vlt5r train ARGS`` (or under ``torchrun --nproc_per_node N``) in a fresh process."""
+              torchrun: int | None = None, command: str = "train") -> subprocess.CompletedProcess:
+    """``python -m vlt5r COMMAND ARGS`` (``train`` by default; or under ``torchrun --nproc_per_node N``) in a fresh
+    process."""
     full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1",
                 **(env or {})}
     if torchrun:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(torchrun), "--master_port",
-               str(29500 + os.getpid() % 1000), "-m", "vlt5r", "train", *args]
+               str(29500 + os.getpid() % 1000), "-m", "vlt5r", command, *args]
     else:
-        cmd = [sys.executable, "-m", "vlt5r", "train", *args]
+        cmd = [sys.executable, "-m", "vlt5r", command, *args]
     return subprocess.run(cmd, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=timeout)
 
 

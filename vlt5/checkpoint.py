@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from transformers import T5EncoderModel
@@ -104,6 +105,26 @@ class LoadReport:
 
 
 # ---------------------------------------------------------------------------------------------------------------
+def read_safetensors(path: str | Path) -> dict[str, Tensor]:
+    """``safetensors.torch.load_file``; a truncated or corrupt file is one :class:`CheckpointError` naming it."""
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as exc:
+        raise CheckpointError(f"{path}: not a readable safetensors file, truncated or corrupt "
+                              f"({' '.join(str(exc).split())})") from None
+
+
+def check_shapes(model: nn.Module, state: dict[str, Tensor], weights: Path, config: Path) -> None:
+    """Refuse weights whose tensors have other sizes than the model ``config`` builds (one line, the first one)."""
+    expected = model.state_dict()
+    wrong = [(k, tuple(v.shape), tuple(expected[k].shape)) for k, v in state.items()
+             if k in expected and tuple(v.shape) != tuple(expected[k].shape)]
+    if wrong:
+        name, have, want = wrong[0]
+        raise CheckpointError(f"{weights}: {len(wrong)} tensor(s) do not have the sizes {config} gives, e.g. {name} "
+                              f"is {have} in the weights but {want} by the config")
+
+
 def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     """A state dict from ``.safetensors`` or a torch file (``weights_only=True``); ``{"state_dict": ...}`` /
     ``{"model": ...}`` wrappers are unwrapped."""
@@ -111,7 +132,7 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     if path.suffix == ".safetensors":
-        return load_file(str(path))
+        return read_safetensors(path)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # a pickle with custom classes, or not a torch file at all
@@ -283,7 +304,9 @@ def load_joint_encoder(cls: type[EncoderT], directory: str | Path) -> EncoderT:
         if not (directory / name).is_file():
             raise CheckpointError(f"{directory}: missing {name} (written by JointEncoder.save_pretrained)")
     model = cls(VLT5Config.load(directory / CONFIG_NAME))
-    result = model.load_state_dict(load_file(str(directory / WEIGHTS_NAME)), strict=False)
+    state = read_safetensors(directory / WEIGHTS_NAME)
+    check_shapes(model, state, directory / WEIGHTS_NAME, directory / CONFIG_NAME)
+    result = model.load_state_dict(state, strict=False)
     if result.missing_keys or result.unexpected_keys:
         raise CheckpointError(f"{directory / WEIGHTS_NAME}: missing {result.missing_keys}, "
                               f"unexpected {result.unexpected_keys}")

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from foundations.config import from_dict
+from foundations.config import from_dict, load_json
 from foundations.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -146,7 +146,9 @@ class VLT5Config:
 
     @classmethod
     def load(cls, path: str | Path) -> VLT5Config:
-        data = json.loads(Path(path).read_text())
+        data = load_json(path)
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a JSON object")
         data.pop("format_version", None)
         try:
             return cls.from_dict(data)

@@ -28,14 +28,15 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from adapters import config_from_dict, config_to_dict, inject, is_adapter_param
 from adapters.base import AdapterError
-from foundations.config import from_dict
+from foundations.config import from_dict, load_json
 from foundations.errors import ConfigError
-from vlt5.checkpoint import CONFIG_NAME, WEIGHTS_NAME, CheckpointError, LoadReport
+from vlt5.checkpoint import (CONFIG_NAME, WEIGHTS_NAME, CheckpointError, LoadReport, check_shapes,
+                             read_safetensors)
 from vlt5.config import FORMAT_VERSION, VLT5Config
 from vlt5.inputs import VisualInputConfig
 from vlt5.modeling import JointEncoder
@@ -204,7 +205,9 @@ class QueryEncoder(nn.Module):
         for name in (CONFIG_NAME, WEIGHTS_NAME):
             if not (directory / name).is_file():
                 raise CheckpointError(f"{directory}: missing {name} (written by QueryEncoder.save_pretrained)")
-        data = json.loads((directory / CONFIG_NAME).read_text())
+        data = load_json(directory / CONFIG_NAME)
+        if not isinstance(data, dict):
+            raise ConfigError(f"{directory / CONFIG_NAME}: expected a JSON object")
         data.pop("format_version", None)
         weights = data.pop("weights", "full")
         try:
@@ -213,10 +216,11 @@ class QueryEncoder(nn.Module):
             raise ConfigError(f"{directory / CONFIG_NAME}: {exc}") from exc
         has_tok = any((directory / f).is_file() for f in ("tokenizer.json", "spiece.model"))
         tokenizer = load_tokenizer(directory) if has_tok else None
-        state = load_file(str(directory / WEIGHTS_NAME))
+        state = read_safetensors(directory / WEIGHTS_NAME)
         joint = _rebuild_base(config, base_path, directory) if weights == "delta" else JointEncoder(config.model)
         model = cls(config, joint, tokenizer)
         new_rows = state.pop(NEW_ROWS_KEY, None)
+        check_shapes(model, state, directory / WEIGHTS_NAME, directory / CONFIG_NAME)
         expected = model.state_dict()
         missing = sorted(set(expected) - set(state)) if weights == "full" else []
         unexpected = sorted(set(state) - set(expected))

@@ -19,6 +19,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "tokenizer": ("vlt5r.drivers.tokenizer", "train a T5-style sentencepiece tokenizer on a corpus"),
     "train": ("vlt5r.drivers.train", "train the joint query encoder into CLIP space (DPR-style)"),
     "clip-train": ("vlt5r.drivers.clip_train", "train a CLIP / SigLIP / LiT / SigLiT model on image–caption data"),
+    "mine-negclip": ("vlt5r.drivers.mine_negclip", "NegCLIP hard negatives: swapped-span captions, nearest images"),
+    "distill": ("vlt5r.drivers.distill", "distil a multilingual student from a CLIP teacher into an mCLIP"),
     "baselines": ("vlt5r.drivers.baselines", "CLIP image-only / text-only baseline table for a queries file"),
     "mine-negatives": ("vlt5r.drivers.mine_negatives", "mine hard negatives for training queries"),
     "build-index": ("vlt5r.drivers.build_index", "build a faiss index over KB features (or --sizing)"),

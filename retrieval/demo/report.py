@@ -3,8 +3,10 @@ table and the example query."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
+
+from foundations.errors import UserError
+from foundations.jsonl import iter_jsonl
 
 ROWS = {"clip_image": "CLIP image-only (query image fc vs KB)", "clip_text": "CLIP text-only (question vs KB)",
         "joint_untrained": "joint encoder, before training", "joint": "joint encoder, trained",
@@ -39,6 +41,9 @@ def goal(comparison: dict[str, dict[str, float]]) -> str:
 
 def example(queries: Path) -> str:
     """The first test query asked by colour (it needs the image to tell the shape): question, image, answer."""
-    records = [json.loads(line) for line in queries.read_text().splitlines() if line.strip()]
-    record = next((r for r in records if r.get("kind") == "color"), records[0])
-    return f"{record['question']}\timages/scenes/{record['image']}.png\t{record['positives'][0]}"
+    records = [obj for _, obj in iter_jsonl(queries) if isinstance(obj, dict)]  # a bad line: one error naming it
+    record = next((r for r in records if r.get("kind") == "color"), records[0] if records else None)
+    try:
+        return f"{record['question']}\timages/scenes/{record['image']}.png\t{record['positives'][0]}"  # type: ignore
+    except (TypeError, KeyError, IndexError):
+        raise UserError(f"{queries}: expected demo queries {{question, image, positives, kind}}") from None

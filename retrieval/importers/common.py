@@ -61,17 +61,22 @@ def open_text(path: str | Path) -> IO[str]:
     return jsonl.open_text(path, ImportFormatError)
 
 
-def iter_records(path: str | Path) -> Iterator[tuple[str, Any]]:
+def iter_records(path: str | Path, *, array: bool = False) -> Iterator[tuple[str, Any]]:
     """``(where, record)`` from a JSON array (streamed, ``where`` = ``file[#i]``) or JSONL (``file:line``).
 
     A JSONL line that is not JSON yields a :class:`RecordError` as the record (skippable); broken array syntax
-    raises :class:`ImportFormatError` (the rest of the array cannot be trusted).
+    raises :class:`ImportFormatError` (the rest of the array cannot be trusted), and so does anything but an array
+    at the top level when ``array`` is set (a source whose format is a JSON array, e.g. DPR's ``.json``).
     """
-    with open_text(path) as f:
+    with jsonl.decoding(path, ImportFormatError), open_text(path) as f:
         head = f.read(CHUNK)
         if head.lstrip().startswith("["):
             yield from _iter_array(path, f, head)
             return
+        if array:
+            found = {"{": "a JSON object", "": "nothing (an empty file)"}.get(head.lstrip()[:1], "no JSON array")
+            raise ImportFormatError(f"{path}: the top level holds {found}; expected a JSON array of records [{{...}}, "
+                                    "...] (or a .jsonl file with one record per line)")
     for where, record in jsonl.scan_jsonl(path):  # the toolkit's one JSONL reader; a bad line is skippable here
         if isinstance(record, jsonl.JSONLError):
             record = RecordError(str(record).removeprefix(f"{where}: "))

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from retrieval.formats import KBEntry, Query
+from foundations import jsonl
 from retrieval.importers.common import (ImportFormatError, ImportStats, RecordError, iter_records, open_text,
                                         require)
 
@@ -63,8 +64,10 @@ def _contexts(record: dict, key: str) -> list[dict]:
 
 def dpr_queries(path: str | Path, stats: ImportStats, *, prefix: str = "dpr",
                 kb: dict[str, KBEntry] | None = None) -> Iterator[Query]:
-    """Queries from a DPR JSON file; when ``kb`` is given, every context seen is added to it (first text wins)."""
-    for n, (where, record) in enumerate(iter_records(path)):
+    """Queries from a DPR JSON file (a ``.json`` must hold DPR's array; JSONL is read line by line); when ``kb`` is
+    given, every context seen is added to it (first text wins)."""
+    array = Path(path).name.endswith((".json", ".json.gz"))  # DPR's biencoder-*.json: a JSON array
+    for n, (where, record) in enumerate(iter_records(path, array=array)):
         stats.read += 1
         try:
             if isinstance(record, RecordError):
@@ -96,7 +99,7 @@ def dpr_queries(path: str | Path, stats: ImportStats, *, prefix: str = "dpr",
 
 def dpr_passages(path: str | Path, stats: ImportStats) -> Iterator[KBEntry]:
     """KB entries from DPR's ``id<TAB>text<TAB>title`` passages file (header line optional)."""
-    with open_text(path) as f:
+    with jsonl.decoding(path, ImportFormatError), open_text(path) as f:
         reader = csv.reader(f, delimiter="\t", quotechar='"')
         for n, row in enumerate(reader, 1):
             where = f"{path}:{n}"

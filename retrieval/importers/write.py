@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from foundations.errors import UserError
-from foundations.io import atomic_replace
+from foundations.io import atomic_replace, disk_errors, kept_message
 from retrieval.formats import KBEntry, Query
 from retrieval.importers.common import ImportStats
 
@@ -18,10 +18,14 @@ def _first_skip(stats: ImportStats) -> UserError:
 
 
 def write_unique(path: Path, records: Iterable[Query | KBEntry], stats: ImportStats, strict: bool) -> None:
-    """Stream records to JSONL (``PATH.part``, then renamed); a repeated id is skipped and counted like any
-    malformed record; ``strict`` stops at the first skip."""
+    """Stream records to JSONL (``PATH.part``, then renamed; not when no record was valid); a repeated id is
+    skipped and counted like any malformed record; ``strict`` stops at the first skip."""
+    with disk_errors(path, kept_message(path)):  # a full disk: one line naming the output, the old file kept
+        _write(path.with_name(path.name + ".part"), path, records, stats, strict)
+
+
+def _write(tmp: Path, path: Path, records: Iterable[Query | KBEntry], stats: ImportStats, strict: bool) -> None:
     seen: set[str] = set()
-    tmp = path.with_name(path.name + ".part")
     try:
         with tmp.open("w", encoding="utf-8") as f:
             for record in records:
@@ -37,6 +41,7 @@ def write_unique(path: Path, records: Iterable[Query | KBEntry], stats: ImportSt
                 f.write(json.dumps(record.to_json(), ensure_ascii=False) + "\n")
         if strict and stats.skipped:
             raise _first_skip(stats)
-        atomic_replace(tmp, path)
+        if seen:  # nothing valid: an existing file is kept as it was (the caller reports the error)
+            atomic_replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

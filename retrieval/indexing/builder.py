@@ -47,6 +47,12 @@ def check_unique_ids(ids: Sequence[str] | np.ndarray, where: str = "ids") -> np.
     return array
 
 
+def bad_rows(batch: np.ndarray) -> np.ndarray:
+    """Rows of a (B, D) batch that are all zero or hold a NaN / inf: such a vector can never be retrieved (it
+    scores 0 or NaN against every query), so it is refused, or skipped with ``skip_bad_vectors``."""
+    return np.flatnonzero(~(np.isfinite(batch).all(axis=1) & (batch != 0).any(axis=1)))
+
+
 def _as_source(vectors: np.ndarray | BatchSource, batch_size: int) -> BatchSource:
     if callable(vectors):
         return vectors
@@ -108,6 +114,7 @@ def build_index(vectors: np.ndarray | BatchSource, ids: Sequence[str], cfg: Inde
             logger.warning("training %r on %d vectors; faiss recommends ≥ %d", factory, train_size, recommended)
         rows = np.sort(rng.choice(n, size=train_size, replace=False))
         sample = _collect_rows(batches, rows, dim, cfg.normalize)  # (T, D)
+        sample = np.delete(sample, bad_rows(sample), axis=0)  # refused or skipped by the add pass below
         t_train = time.perf_counter()
         index = _train(index, sample, cfg.use_gpu, build)
         build.update(train_size=int(train_size), train_seconds=round(time.perf_counter() - t_train, 3))
@@ -115,32 +122,47 @@ def build_index(vectors: np.ndarray | BatchSource, ids: Sequence[str], cfg: Inde
 
     # Calibration rows are held out of the first add pass: they query an index that does not contain them (fresh,
     # in-distribution queries), then are added last. ids.npy therefore lists ids in index order, not file order.
+    # Zero / non-finite rows are never added (see bad_rows): without skip_bad_vectors they are refused after the pass.
+    where = (source or {}).get("path", "vectors")
     n_cal = min(cfg.calibration_queries, n - 1) if needs_calibration(index, cfg) else 0
     cal_rows = np.sort(rng.choice(n, size=n_cal, replace=False))
-    cal = np.empty((n_cal, dim), dtype=np.float32)  # (C, D)
+    cal_parts: list[np.ndarray] = []  # (C_i, D) valid calibration rows, in row order
+    bad_parts: list[np.ndarray] = []  # row numbers of zero / non-finite vectors
     t_add, seen, filled = time.perf_counter(), 0, 0
     for batch in batches():
         if batch.ndim != 2 or batch.shape[1] != dim:
             raise UserError(f"batch at row {seen} has shape {batch.shape}, expected (B, {dim})")
         x = normalise_rows(batch) if cfg.normalize else np.ascontiguousarray(batch, dtype=np.float32)  # (B, D)
+        good = np.ones(len(x), dtype=bool)
+        bad = bad_rows(batch)
+        good[bad] = False
+        bad_parts.append(seen + bad)
         hi = int(np.searchsorted(cal_rows, seen + len(x)))
-        if hi > filled:  # this batch holds calibration rows: keep them aside, add the rest
-            keep = np.ones(len(x), dtype=bool)
-            keep[cal_rows[filled:hi] - seen] = False
-            cal[filled:hi] = x[~keep]
-            filled = hi
-            index.add(x[keep])
-        else:
-            index.add(x)
+        is_cal = np.zeros(len(x), dtype=bool)
+        is_cal[cal_rows[filled:hi] - seen] = True  # calibration rows are kept aside, the rest added
+        filled = hi
+        cal_parts.append(x[is_cal & good])
+        index.add(x[~is_cal & good])
         seen += len(batch)
     if seen != n:
-        raise UserError(f"{(source or {}).get('path', 'vectors')}: {seen} vectors for {n} ids")
+        raise UserError(f"{where}: {seen} vectors for {n} ids")
+    bad_all = np.concatenate(bad_parts) if bad_parts else np.empty(0, dtype=np.int64)
+    if len(bad_all):
+        shown = ", ".join(repr(str(i)) for i in ids_array[bad_all[:5]]) + (" ..." if len(bad_all) > 5 else "")
+        if not cfg.skip_bad_vectors or len(bad_all) == n:
+            raise UserError(f"{where}: {len(bad_all)} of {n} vectors are zero or not finite (ids {shown}); they could "
+                            "never be retrieved: fix the features, or skip them with --skip-bad-vectors")
+        logger.warning("%s: skipped %d zero or non-finite vectors (ids %s)", where, len(bad_all), shown)
+        build["skipped_vectors"] = {"count": int(len(bad_all)), "ids": [str(i) for i in ids_array[bad_all[:100]]]}
+    cal = np.concatenate(cal_parts) if cal_parts else np.empty((0, dim), dtype=np.float32)  # (C, D)
+    cal_kept = np.setdiff1d(cal_rows, bad_all)
     index = to_cpu(index)  # calibrate with CPU SearchParameters (GPU indexes do not take them)
-    tuned = calibrate(index, cal, cfg) if n_cal else {}
-    if n_cal:
+    tuned = calibrate(index, cal, cfg) if len(cal) else {}
+    if len(cal):
         index.add(cal)
-    order = np.concatenate([np.delete(np.arange(n), cal_rows), cal_rows])  # faiss row → input row
+    order = np.concatenate([np.setdiff1d(np.arange(n), np.union1d(cal_rows, bad_all)), cal_kept])  # faiss → input
     build["add_seconds"] = round(time.perf_counter() - t_add, 3)
+    n, n_cal = len(order), len(cal)
 
     meta = IndexMeta(dim=dim, count=n, factory=factory, config=cfg, nprobe=cfg.nprobe, ef_search=cfg.ef_search,
                      normalised=cfg.normalize, source=source or {}, build=build)

@@ -41,6 +41,7 @@ class IndexConfig:
     calibration_queries: int = 1000  # KB vectors used as leave-one-out calibration queries
     calibration_k: int = 10
     use_gpu: bool = True  # build on GPU when faiss.get_num_gpus() > 0 and the index type supports it
+    skip_bad_vectors: bool = False  # leave zero / non-finite vectors out (counted in index.json) instead of refusing
     seed: int = 0
 
     def __post_init__(self) -> None:

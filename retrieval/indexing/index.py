@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ import numpy as np
 
 from retrieval.indexing.config import INDEX_FORMAT_VERSION, IndexConfig, hnsw_of, ivf_of, unwrap
 from foundations.errors import UserError
+from foundations.io import complete_dir, write_dir_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -111,12 +113,14 @@ class Index:
 
     def search_rows(self, queries: np.ndarray, k: int, *, nprobe: int | None = None,
                     ef_search: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Top-``k`` as (scores (Q, k) float32, rows (Q, k) int64); rows index ``self.ids``, -1 = no result."""
+        """Top-``k`` as (scores (Q, k) float32, rows (Q, k) int64); rows index ``self.ids``, -1 = no result.
+        ``k`` is capped at the index size (a huge ``k`` would otherwise allocate Q × k results)."""
         queries = np.asarray(queries)
         if queries.ndim != 2 or queries.shape[1] != self.dim:
             raise UserError(f"queries must have shape (Q, {self.dim}), got {queries.shape}")
         if k < 1:
             raise UserError(f"k must be ≥ 1, got {k}")
+        k = min(int(k), max(len(self), 1))
         if self.meta.normalised:
             queries = normalise_rows(queries)
         elif queries.dtype != np.float32 or not queries.flags.c_contiguous:
@@ -128,7 +132,8 @@ class Index:
 
     def search(self, queries: np.ndarray, k: int, *, nprobe: int | None = None,
                ef_search: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Top-``k`` as (scores (Q, k) float32, ids (Q, k) unicode); missing results are ('', -inf)."""
+        """Top-``k`` as (scores (Q, k) float32, ids (Q, k) unicode), ``k`` capped at the index size; missing results
+        (an IVF / HNSW search that found fewer) are ('', -inf)."""
         scores, rows = self.search_rows(queries, k, nprobe=nprobe, ef_search=ef_search)
         ids = self.ids[rows]  # (Q, k); row -1 picks the last id and is blanked below
         missing = rows < 0
@@ -139,11 +144,19 @@ class Index:
 
     # -- persistence -------------------------------------------------------------------------------------------
     def save(self, directory: str | Path) -> Path:
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        faiss.write_index(to_cpu(self.faiss_index), str(directory / INDEX_FILE))
-        np.save(directory / IDS_FILE, self.ids, allow_pickle=False)
-        (directory / META_FILE).write_text(json.dumps(self.meta.to_dict(), indent=2) + "\n", encoding="utf-8")
+        """Write the index directory atomically (:func:`foundations.io.write_dir_atomically`): the files go to
+        ``.NAME.tmp``, are fsynced, then replace ``NAME`` by renames, so a failed or killed save (a full disk, a
+        SIGKILL) leaves the previous index as it was. A folder that is not an index directory is never replaced."""
+        directory = Path(directory).resolve()  # a name for '.NAME.tmp' ('.', 'a/..'); a symlink keeps pointing here
+        check_replaceable(directory)
+
+        def write(tmp: Path) -> None:
+            faiss.write_index(to_cpu(self.faiss_index), str(tmp / INDEX_FILE))
+            np.save(tmp / IDS_FILE, self.ids, allow_pickle=False)
+            (tmp / META_FILE).write_text(json.dumps(self.meta.to_dict(), indent=2) + "\n", encoding="utf-8")
+
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        write_dir_atomically(directory, write)
         logger.info("saved %d vectors (%s) to %s", len(self), self.meta.factory, directory)
         return directory
 
@@ -152,6 +165,10 @@ class Index:
              ef_search: int | None = None) -> Index:
         """Open an index directory; dim and id count are checked against ``index.json``."""
         directory = Path(directory)
+        complete = complete_dir(directory, META_FILE)
+        if complete is not None and complete != directory:  # a save was killed between its two renames
+            logger.warning("%s is missing; loading the previous index kept at %s", directory, complete)
+            directory = complete
         paths = {name: directory / name for name in (INDEX_FILE, IDS_FILE, META_FILE)}
         for name, path in paths.items():
             if not path.is_file():
@@ -167,7 +184,12 @@ class Index:
         if ids.ndim != 1 or ids.dtype.kind != "U" or len(ids) != meta.count:
             raise IndexFileError(f"{paths[IDS_FILE]}: holds {ids.shape} {ids.dtype} ids, {paths[META_FILE].name} "
                                  f"says count={meta.count} (expected a 1-d unicode array)")
-        index = faiss.read_index(str(paths[INDEX_FILE]))
+        try:
+            index = faiss.read_index(str(paths[INDEX_FILE]))
+        except RuntimeError as exc:  # faiss' C++ error: drop its "Error in <function> at <file>:<line>: " prefix
+            detail = re.sub(r"^Error in .*? at \S+:\d+: (Error: )?", "", " ".join(str(exc).split()))
+            raise IndexFileError(f"{paths[INDEX_FILE]}: not a readable faiss index, truncated or corrupt ({detail}); "
+                                 "rebuild it with vlt5r build-index") from None
         if index.d != meta.dim or index.ntotal != meta.count:
             raise IndexFileError(f"{paths[INDEX_FILE]}: dim {index.d}, {index.ntotal} vectors; "
                                  f"{paths[META_FILE].name} says dim {meta.dim}, count {meta.count}")
@@ -180,6 +202,18 @@ class Index:
     def __repr__(self) -> str:
         return (f"Index({self.meta.factory!r}, n={len(self)}, dim={self.dim}, nprobe={self.meta.nprobe}, "
                 f"ef_search={self.meta.ef_search})")
+
+
+def check_replaceable(directory: Path) -> None:
+    """Refuse (one line) to replace anything but an index directory: a file, or a folder holding other files."""
+    if not directory.exists():
+        return
+    if not directory.is_dir():
+        raise IndexFileError(f"{directory}: exists and is not a directory; refusing to replace it with an index")
+    others = sorted(p.name for p in directory.iterdir() if p.name not in (INDEX_FILE, IDS_FILE, META_FILE))
+    if others:
+        raise IndexFileError(f"{directory}: exists and is not an index directory (it holds {others[:3]}); refusing "
+                             "to replace it, choose another output folder")
 
 
 # -- GPU (guarded: only when faiss sees a GPU; not exercised on CPU-only machines) ---------------------------

@@ -8,16 +8,27 @@
   client names an id, never a path, and a resolved path that leaves the folder (``..``, symlinks) is refused.
 
 Bad input is a 4xx with ``{"error": "..."}``: the body is read with a byte limit (413) before the multipart parser
-sees it, then fields, k, question length, image bytes and pixels are checked. Decoding and encoding run in the
-thread pool; the encoder serialises its torch part (:mod:`retrieval.querying.encoders`).
+sees it, then fields, k, question length, image bytes and pixels are checked; every parse error is a 4xx.
+
+Memory is bounded (:class:`QueryPool`): at most ``workers`` queries are read, decoded and encoded at once, in
+``workers`` threads of their own; at most ``queue`` more wait with their body still unread (uvicorn keeps at most
+64 KiB of it); any further request is answered 503 with ``Retry-After`` at once. Large images are decoded smaller
+(JPEG ``draft``, then ``Image.reduce`` before the RGB conversion: :func:`foundations.images.decode_image` with
+``min_side``). The encoder serialises its torch part (:mod:`retrieval.querying.encoders`). ``/health`` shows file
+names, not server paths, unless the server was started with ``--debug-paths``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import re
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Any
+from pathlib import Path, PurePath
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 from fastapi import FastAPI, Request
@@ -25,7 +36,6 @@ from PIL import Image
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
-from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -40,6 +50,9 @@ logger = logging.getLogger(__name__)
 WEB_DIR = Path(__file__).resolve().parents[1] / "web"
 FIELD_OVERHEAD = 64 * 1024  # room for the form's other fields and multipart headers
 IMAGE_STATUS = {"not an image": 415, "unsupported mode": 415, "too many pixels": 413}
+ASCII_INT = re.compile(r"\+?[0-9]{1,12}")  # str.isdigit() also accepts '²', which int() refuses
+RETRY_AFTER_S = 1
+T = TypeVar("T")
 
 
 @dataclass
@@ -52,11 +65,18 @@ class ServerConfig:
     max_k: int = 100
     default_k: int = 10
     max_question_chars: int = 1000
+    workers: int = 2  # queries read, decoded and encoded at once (each holds one body and one decoded image)
+    queue: int = 256  # queries waiting for a worker, body unread; one more is answered 503 with Retry-After
+    decode_side: int | None = 1024  # larger images are decoded reduced, shorter side kept >= this (None: full size)
+    show_paths: bool = False  # /health shows server paths (a debug flag); by default names only
     extra: dict[str, Any] = field(default_factory=dict)  # shown in /health (e.g. the index directory)
 
     def __post_init__(self) -> None:
         if self.max_upload_mb <= 0 or self.max_pixels < 1 or self.max_question_chars < 1:
             raise UserError("max_upload_mb, max_pixels and max_question_chars must be positive")
+        if self.workers < 1 or self.queue < 0 or (self.decode_side is not None and self.decode_side < 1):
+            raise UserError(f"need workers >= 1, queue >= 0, decode_side >= 1 (got {self.workers}, {self.queue}, "
+                            f"{self.decode_side})")
         if not 1 <= self.default_k <= self.max_k:
             raise UserError(f"need 1 <= default_k ({self.default_k}) <= max_k ({self.max_k})")
         if self.images_dir is not None:
@@ -68,14 +88,67 @@ class ServerConfig:
     def max_body_bytes(self) -> int:
         return int(self.max_upload_mb * 1024 * 1024) + FIELD_OVERHEAD
 
+    def memory_bound_mb(self, warm_mb: float) -> float:
+        """The documented bound on the server's RSS (docs/serving.md §2): the warmed-up server, plus per worker one
+        body at the upload limit and 5 bytes per pixel at the pixel limit (the image decoded at full size, 4 bytes a
+        pixel in PIL's RGB(X), and its reduced or converted copies), plus 64 KiB (uvicorn's read buffer) per request
+        waiting in the queue."""
+        per_worker = (5 * self.max_pixels + self.max_body_bytes) / 2**20
+        return warm_mb + self.workers * per_worker + self.queue * 64 / 1024
+
     def limits(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if k.startswith(("max_", "default_"))}
+        return {k: v for k, v in asdict(self).items()
+                if k.startswith(("max_", "default_")) or k in ("workers", "queue", "decode_side")}
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
-        self.status, self.message = status, message
+        self.status, self.message, self.headers = status, message, headers
+
+
+class QueryPool:
+    """Admission and the threads that decode and encode queries: at most ``workers`` queries hold a ``slot`` (read
+    the body, decode, encode), running in ``workers`` threads of their own (so at most that many bodies and decoded
+    images exist, and only those threads' malloc arenas grow); at most ``queue`` more wait for a slot with their body
+    unread; one more is refused with 503 + ``Retry-After`` at once. Used from the event loop only (no lock)."""
+
+    def __init__(self, workers: int, queue: int) -> None:
+        self.capacity = workers + queue
+        self.slot = asyncio.Semaphore(workers)
+        self.executor = ThreadPoolExecutor(workers, thread_name_prefix="query")
+        self.admitted = 0
+
+    @contextmanager
+    def admit(self) -> Iterator[None]:
+        if self.admitted >= self.capacity:
+            raise ApiError(503, f"server busy: {self.admitted} queries running or waiting; retry in "
+                                f"{RETRY_AFTER_S} s", {"Retry-After": str(RETRY_AFTER_S)})
+        self.admitted += 1
+        try:
+            yield
+        finally:
+            self.admitted -= 1
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+
+
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.~-])(?:~|[A-Za-z]:)?/[^\s'\"()]+")
+
+
+def names_only(value: Any) -> Any:
+    """``value`` (from /health) with every server path shown as its name: a string that is an existing path, and
+    every absolute path inside a string (``clip-image:/srv/models/RN101.pt`` -> ``clip-image:RN101.pt``)."""
+    if isinstance(value, dict):
+        return {k: names_only(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [names_only(v) for v in value]
+    if not isinstance(value, str) or not value:
+        return value
+    if ("/" in value or "\\" in value) and Path(value).exists():
+        return Path(value).name
+    return _ABSOLUTE_PATH.sub(lambda m: PurePath(m.group()).name or m.group(), value)
 
 
 def kb_image_path(entry: KBEntry | None, root: Path | None) -> Path | None:
@@ -95,7 +168,7 @@ async def read_body(request: Request, limit: int) -> bytes:
     """The request body, refusing more than ``limit`` bytes (Content-Length first, then while streaming)."""
     declared = request.headers.get("content-length")
     if declared is not None:
-        if not declared.isdigit():
+        if not re.fullmatch(r"[0-9]{1,18}", declared):
             raise ApiError(400, "invalid Content-Length header")
         if int(declared) > limit:
             raise ApiError(413, f"request body of {int(declared)} bytes is over the limit of {limit} bytes")
@@ -128,7 +201,7 @@ async def parse_form(request: Request, body: bytes) -> Any:
 def parse_k(raw: Any, cfg: ServerConfig) -> int:
     if raw is None or raw == "":
         return cfg.default_k
-    if not isinstance(raw, str) or not raw.strip().lstrip("+").isdigit() or len(raw) > 12:
+    if not isinstance(raw, str) or not ASCII_INT.fullmatch(raw.strip()):
         raise ApiError(400, f"k must be an integer between 1 and {cfg.max_k}, got {str(raw)[:20]!r}")
     k = int(raw)
     if not 1 <= k <= cfg.max_k:
@@ -176,6 +249,7 @@ def create_app(searcher: Searcher, cfg: ServerConfig) -> FastAPI:
         raise ValueError("the server needs a query encoder")
     app = FastAPI(title="vlt5-retrieval", docs_url=None, redoc_url=None, openapi_url=None)
     app.mount("/static", StaticFiles(directory=WEB_DIR), name="static")
+    pool = QueryPool(cfg.workers, cfg.queue)
 
     def thumbnail(doc_id: str) -> str | None:
         image_id = searcher.image_entry_id(doc_id)
@@ -185,14 +259,14 @@ def create_app(searcher: Searcher, cfg: ServerConfig) -> FastAPI:
 
     def run_search(question: str | None, data: bytes | None, k: int) -> list[Hit]:
         try:
-            image = image_from_bytes(data, cfg.max_pixels) if data is not None else None
+            image = image_from_bytes(data, cfg.max_pixels, cfg.decode_side) if data is not None else None
         except ImageError as exc:
             raise ApiError(IMAGE_STATUS.get(exc.category, 400), f"image rejected: {exc}") from None
         return searcher.search(question, image, k)
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:
-        return JSONResponse({"error": exc.message}, status_code=exc.status)
+        return JSONResponse({"error": exc.message}, status_code=exc.status, headers=exc.headers)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -210,15 +284,19 @@ def create_app(searcher: Searcher, cfg: ServerConfig) -> FastAPI:
     @app.get("/health")
     async def health() -> dict[str, Any]:
         index = searcher.index
-        return {"status": "ok", "index": {"size": len(index), "dim": index.dim, "factory": index.meta.factory},
-                "kb_entries": len(searcher.kb), "passages": searcher.passages is not None,
-                "encoder": searcher.encoder.describe(), "limits": cfg.limits(), **cfg.extra}
+        answer = {"status": "ok", "index": {"size": len(index), "dim": index.dim, "factory": index.meta.factory},
+                  "kb_entries": len(searcher.kb), "passages": searcher.passages is not None,
+                  "encoder": searcher.encoder.describe(), "limits": cfg.limits(),
+                  "queries_admitted": pool.admitted, **cfg.extra}
+        return answer if cfg.show_paths else names_only(answer)
 
     @app.post("/search")
     async def search(request: Request) -> JSONResponse:
-        form = await parse_form(request, await read_body(request, cfg.max_body_bytes))
-        question, data, k = await parse_query(form, cfg, searcher)
-        hits = await run_in_threadpool(run_search, question, data, k)
+        with pool.admit():
+            async with pool.slot:  # only now is the body read: a waiting query holds no memory
+                form = await parse_form(request, await read_body(request, cfg.max_body_bytes))
+                question, data, k = await parse_query(form, cfg, searcher)
+                hits = await pool.run(run_search, question, data, k)
         return JSONResponse({"k": k, "question": question,  # plain types: no response-model encoding pass
                              "hits": [{**h.to_json(), "thumbnail": thumbnail(h.id)} for h in hits]})
 

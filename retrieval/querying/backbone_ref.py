@@ -22,7 +22,8 @@ from typing import Any
 
 import torch
 
-from feature_extraction.backbones import Backbone, load_backbone
+from feature_extraction.backbones import Backbone, file_sha256, load_backbone
+from foundations.config import load_json
 from foundations.errors import UsageError
 from foundations.errors import UserError
 
@@ -46,18 +47,25 @@ class BackboneRef:
     source: str  # where the record came from, for messages
 
     def load(self, device: str = "cpu") -> Backbone:
-        """Load the backbone (fp32) and refuse it when its sha256 is not the recorded one."""
+        """Load the backbone (fp32) and refuse it when its sha256 is not the recorded one: a weights file named by a
+        path is hashed *before* any loader opens it (a ``.pt`` is a pickle), a named or directory backbone after."""
+        if self.sha256 and Path(self.spec).is_file():
+            self._refuse_other(file_sha256(self.spec), "not loaded")
         try:
             backbone = load_backbone(self.spec, device, torch.float32, self.image_size)
         except UsageError as exc:
             raise BackboneMismatch(f"backbone {self.spec!r} ({self.source}): {exc}") from None
-        if self.sha256 and backbone.weights_sha256 != self.sha256:
-            raise BackboneMismatch(f"backbone {self.spec!r} has sha256 {backbone.weights_sha256[:16]}…, but "
-                                   f"{self.source} records {self.sha256[:16]}… (the features were made with other "
-                                   "weights; pass --backbone with the recorded file)")
+        if self.sha256:
+            self._refuse_other(backbone.weights_sha256, "")
         logger.info("backbone %s (%s, sha256 %s…, %d px)", self.spec, self.source,
                     backbone.weights_sha256[:12], backbone.image_size)
         return backbone
+
+    def _refuse_other(self, sha256: str, note: str) -> None:
+        if sha256 != self.sha256:
+            raise BackboneMismatch(f"backbone {self.spec!r} has sha256 {sha256[:16]}…, but {self.source} records "
+                                   f"{str(self.sha256)[:16]}… (the features were made with other weights; pass "
+                                   f"--backbone with the recorded file){'; ' + note if note else ''}")
 
 
 def record_from_attrs(attrs: dict[str, Any]) -> dict[str, Any] | None:
@@ -81,7 +89,9 @@ def encoder_record(encoder_dir: str | Path) -> tuple[dict[str, Any], str] | None
     """(record, where) from an encoder directory: ``backbone.json``, else the training run's query features."""
     directory = Path(encoder_dir)
     if (directory / BACKBONE_RECORD).is_file():
-        record = json.loads((directory / BACKBONE_RECORD).read_text(encoding="utf-8"))
+        record = load_json(directory / BACKBONE_RECORD)
+        if not isinstance(record, dict) or not record.get("backbone"):
+            raise BackboneMismatch(f"{directory / BACKBONE_RECORD}: expected an object naming a 'backbone'")
         return record, str(directory / BACKBONE_RECORD)
     train_config = directory / "train_config.json"
     if train_config.is_file():
@@ -108,6 +118,10 @@ def _recorded_spec(record: dict[str, Any], where: str) -> str:
     if spec.startswith("hf:") or record.get("backbone_family") == "hf-clip":
         return spec
     path = record.get("backbone_path")
+    if record.get("backbone_family") == "clip-family":  # a model directory (an mCLIP): its weights file's folder
+        for directory in (spec, str(Path(path).parent) if path else None):
+            if directory and Path(directory).is_dir():
+                return directory
     if path and Path(path).is_file():
         return str(path)
     if Path(spec).is_file():

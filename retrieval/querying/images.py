@@ -27,6 +27,7 @@ def image_from_path(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> I
         raise BadImage(bad.category, f"{path}: {bad.detail}") from None
 
 
-def image_from_bytes(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """An RGB image from uploaded bytes; raises :class:`BadImage`."""
-    return decode_image(data, max_pixels)
+def image_from_bytes(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int | None = None) -> Image.Image:
+    """An RGB image from uploaded bytes, decoded reduced to a shorter side ≥ ``min_side`` when given (the server);
+    raises :class:`BadImage`."""
+    return decode_image(data, max_pixels, min_side)

@@ -77,6 +77,45 @@ def load_kb(kb_path: str, image_features: str | None, text_features: str | None,
     return KBVectors([e.id for e in entries], vectors)
 
 
+def clip_signature(path: str) -> tuple[int, str | None]:
+    """(fc dim, recorded ``backbone_sha256`` or None) of a feature file, reading one row."""
+    store = read_feature_file(path)
+    try:
+        if not len(store):
+            raise FeatureFileError(f"{path}: the feature file holds no items")
+        return int(store.get_many(store.ids[:1]).fc.shape[1]), store.attrs.get("backbone_sha256") or None
+    finally:
+        store.close()
+
+
+def check_same_clip(files: dict[str, str | None]) -> None:
+    """``{flag: feature file}``: every file must hold vectors of one CLIP space, the same fc dim and, where both
+    files record it, the same backbone sha256 as the first (the KB's). Run before training writes anything."""
+    reference: tuple[str, str, int, str | None] | None = None
+    for flag, path in files.items():
+        if not path:
+            continue
+        dim, sha = clip_signature(path)
+        if reference is None:
+            reference = (flag, path, dim, sha)
+            continue
+        ref_flag, ref_path, ref_dim, ref_sha = reference
+        if dim != ref_dim:
+            raise UserError(f"{flag} {path} holds vectors of dim {dim}, {ref_flag} {ref_path} of dim {ref_dim}: KB "
+                            "and query features must come from the same CLIP model")
+        if sha and ref_sha and sha != ref_sha:
+            raise UserError(f"{flag} {path} was extracted with backbone sha256 {sha[:12]}..., {ref_flag} {ref_path} "
+                            f"with {ref_sha[:12]}...: KB and query features must come from the same CLIP model")
+
+
+def check_training_features(kb_features: str | None, kb_text_features: str | None, kb_side: str,
+                            query_features: str | None, question_features: str | None) -> None:
+    """:func:`check_same_clip` over the files a training run (or the baselines) reads."""
+    check_same_clip({"--kb-features": kb_features if kb_side in ("image", "mean") else None,
+                     "--kb-text-features": kb_text_features if kb_side in ("text", "mean") else None,
+                     "--query-features": query_features, "--question-features": question_features})
+
+
 def load_queries(path: str, kb_ids: set[str], store: FeatureStore | None, split: str) -> list[Query]:
     """Queries of ``path``, checked: an image in the feature store, positives in the KB. Unknown hard negatives
     are dropped (logged); a query with no positive in the KB is an error naming it."""

@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from engine import DistEnv, Task, user_errors
@@ -39,13 +38,15 @@ from retrieval.training.baselines import baseline_table, format_table
 from retrieval.training.diagnostics import diagnostic_queries, verdict
 from retrieval.training.batches import EpochBatches, TokenizedQuestions, make_loader
 from retrieval.training.config import TrainConfig
-from retrieval.training.data import KBVectors, feature_dims, load_kb, load_queries, open_features
+from retrieval.training.data import (KBVectors, check_training_features, feature_dims, load_kb, load_queries,
+                                    open_features)
 from retrieval.training.evaluation import encode_queries, evaluate_vectors, flat_index
 from retrieval.training.model import build_encoder, optimizer_groups
 from vlt5 import QueryEncoder
-from vlt5.checkpoint import WEIGHTS_NAME
+from vlt5.checkpoint import WEIGHTS_NAME, read_safetensors
 
 logger = logging.getLogger(__name__)
+LARGE_KB = 200_000  # above this many entries, --negatives all warns about its per-step cost
 
 
 def save_encoder(directory: Path, encoder: QueryEncoder, feature_attrs: dict[str, Any] | None) -> None:
@@ -72,6 +73,10 @@ class RetrievalTask(Task):
         self.kb, self.splits, self.store, self.questions, self.cfg, self.env = kb, splits, store, questions, cfg, env
         self.kb_vectors = torch.from_numpy(kb.vectors).to(env.device)  # (N, D), rows normalised
         self.kb_row = kb.row_of()
+        if cfg.data.negatives == "all" and len(self.kb_row) > LARGE_KB and env.is_main:
+            logger.warning("--negatives all scores every query against all %d KB entries each step (measured: ~74 ms "
+                           "per step at 100k x 512 on 2 CPU cores, ~1.5 s at 1M; docs/training.md §10); with a small "
+                           "encoder consider --negatives batch --kb-negatives 4096", len(self.kb_row))
         self.select_metric = cfg.eval.select_metric if "dev" in splits else None
         self.tokens = TokenizedQuestions(encoder.tokenizer, [q.question for q in splits["train"]],
                                          encoder.config.inputs)
@@ -103,10 +108,12 @@ class RetrievalTask(Task):
     def training_forward(self, batch: dict[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
         queries = self.encoder(**batch["inputs"])  # (Q, D)
         rows, mask = self.candidates(batch)  # (C,), (Q, C)
-        candidates = self.kb_vectors[rows.to(self.kb_vectors.device)]  # (C, D)
+        # (C, D); the whole KB is used as it is (no per-step copy of an N x D matrix)
+        candidates = (self.kb_vectors if self.cfg.data.negatives == "all"
+                      else self.kb_vectors[rows.to(self.kb_vectors.device)])
         mask = mask.to(queries.device)
         tau = self.log_temperature.exp()
-        loss = dpr_loss(queries, candidates, mask, tau)
+        loss = dpr_loss(queries, candidates, mask, tau, candidates_normalized=True)  # kb_vectors: unit rows
         with torch.no_grad():
             top = (queries.float() @ candidates.T).argmax(dim=1)  # (Q,)
             accuracy = mask.gather(1, top[:, None]).float().mean()
@@ -193,7 +200,7 @@ class RetrievalTask(Task):
         save_encoder(directory, self.encoder, self.store.attrs)
 
     def load_model(self, directory: Path) -> None:
-        weights = load_file(str(directory / WEIGHTS_NAME))
+        weights = read_safetensors(directory / WEIGHTS_NAME)
         missing, unexpected = self.encoder.load_state_dict(weights, strict=False)
         if missing or unexpected:
             raise UserError(f"{directory}: the checkpoint does not match the model built from the config (missing "
@@ -212,6 +219,8 @@ def build_task(cfg: TrainConfig, env: DistEnv | None = None) -> RetrievalTask:
     the user's files or flags raises :class:`foundations.errors.UserError`."""
     env = env or DistEnv()
     with user_errors():
+        d = cfg.data
+        check_training_features(d.kb_features, d.kb_text_features, d.kb_side, d.query_features, d.question_features)
         kb = load_kb(cfg.data.kb, cfg.data.kb_features, cfg.data.kb_text_features, cfg.data.kb_side)
         store = open_features(cfg.data.query_features, cfg.data.cache_features, cfg.data.cache_max_gb)
         kb_ids = set(kb.ids)
@@ -253,7 +262,7 @@ class ReferenceTask(RetrievalTask):
         self.encoder.save_pretrained(directory)
 
     def load_model(self, directory: Path) -> None:
-        self.encoder.load_state_dict(load_file(str(directory / "model.safetensors")))
+        self.encoder.load_state_dict(read_safetensors(directory / "model.safetensors"))
 
     def test(self, best: Path | None) -> dict[str, float] | None:
         if "test" not in self.splits:

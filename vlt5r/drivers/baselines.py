@@ -32,6 +32,7 @@ def build_parser() -> CLIParser:
     p.add_argument("--metrics", nargs="+", default=list(DEFAULT_METRICS))
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--json", type=Path, help="write {name: {metric: value}} here")
+    p.add_argument("--overwrite", action="store_true", help="replace --json if it exists")
     return p
 
 
@@ -39,6 +40,12 @@ def build_parser() -> CLIParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(quiet=True)
+    if args.json is not None:
+        from foundations.io import refuse_overwrite
+
+        inputs = [p for p in (args.kb, args.kb_features, args.kb_text_features, args.queries, args.query_features,
+                              args.question_features) if p]
+        refuse_overwrite(args.json, args.overwrite, "--json", inputs=inputs)
     specs = []
     for spec in args.encoder:
         name, sep, directory = spec.partition("=")

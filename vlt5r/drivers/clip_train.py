@@ -9,11 +9,23 @@ examples:
       --classes zero one two three four five six seven eight nine --templates "a handwritten {}"
   vlt5r clip-train ... --freeze-text-epochs 2 --lr-text 1e-5           # projections first, then the text tower
   torchrun --nproc_per_node 4 -m vlt5r clip-train ...same flags...        # DDP, features gathered across ranks
+  vlt5r clip-train ... --parallel dp                  # DataParallel over every visible GPU (slower than DDP)
+  vlt5r clip-train ... --batch-size 4096 --accum-freq 8   # one contrastive batch in 8 pieces (feature cache)
+  vlt5r clip-train --model-name pretrained.pt --variant LiT --lock-image-unlocked-groups 2 ...  # last 2 groups train
+  vlt5r clip-train --image-tower vit_dir/ --text-tower bert_dir/ --embed-dim 256 --train-data pairs.csv \
+      --peft-method lora --image-target-modules query value --lora-r 8 --wandb offline --export-merged vlp_full/
+  vlt5r clip-train --model-name clip_dir/ --negclip --train-data mined.tsv --val-data val.csv \
+      --eval-tasks sugar_crepe=sugar_crepe/@coco/val2017   # NegCLIP fine-tuning (vlt5r mine-negclip makes the TSV)
 
 Every field of clip_family.training.ClipTrainConfig is a flag twice: --section.field and the plain --field-name.
 A run resumes from OUT/last when it exists. The model to use afterwards: OUT/best or OUT/last
 (ClipFamilyModel.from_pretrained(dir)); `--export-openai OUT.pt` also writes an OpenAI-format .pt for
-`vlt5r extract --backbone OUT.pt`. See docs/clip_family.md.
+`vlt5r extract --backbone OUT.pt`, `--export-transformers DIR` a transformers CLIPModel directory (OpenAI ViT
+towers only) for `vlt5r extract --backbone hf:DIR`, `--export-merged DIR` (with --peft-method) the model with
+its adapters merged into the towers, a full directory; an existing export is replaced only with --overwrite.
+With --peft-method the checkpoints (OUT/best, OUT/last) hold only the adapters, the projections and the logit
+scale (the towers' base weights stay in their directories); ClipFamilyModel.from_pretrained reads them.
+See docs/clip_family.md.
 """
 
 from __future__ import annotations
@@ -33,6 +45,12 @@ def build_parser() -> CLIParser:
     p.add_argument("--config", type=Path, help="base config JSON (e.g. a run's config.json); other flags override it")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.add_argument("--export-openai", type=Path, help="after training, export the final model to this OpenAI .pt")
+    p.add_argument("--export-transformers", type=Path,
+                   help="after training, export the final model to this transformers CLIPModel directory")
+    p.add_argument("--export-merged", type=Path, help="after training, merge the peft adapters into the towers and "
+                   "write the full model to this directory")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --export-openai / "
+                   "--export-transformers / --export-merged output")
     add_config_flags(p, ClipTrainConfig)
     return p
 
@@ -41,7 +59,8 @@ def parse_config(argv: Sequence[str] | None):  # -> tuple[ClipTrainConfig, argpa
     from clip_family.training import ClipTrainConfig
 
     args = build_parser().parse_args(argv)
-    flags = {k: v for k, v in vars(args).items() if k not in ("config", "print_config", "export_openai")}
+    drivers_own = ("config", "print_config", "export_openai", "export_transformers", "export_merged", "overwrite")
+    flags = {k: v for k, v in vars(args).items() if k not in drivers_own}
     return config_from_flags(ClipTrainConfig, flags, base_config(args.config)), args
 
 
@@ -53,12 +72,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps(cfg.to_dict(), indent=2))
         return 0
     setup_logging(main_process=main_process)
+    from foundations.io import refuse_overwrite
+
+    for flag, path in (("--export-openai", args.export_openai), ("--export-transformers", args.export_transformers),
+                       ("--export-merged", args.export_merged)):
+        if path is not None:
+            refuse_overwrite(path, args.overwrite, flag)  # before training, not after it
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     from clip_family.training import train
 
+    make_task = None
+    if cfg.data.negclip:  # NegCLIP fine-tuning: the same trainer with NegCLIP's batch and loss
+        from clip_family.negclip_training import build_negclip_task as make_task
     with logging_redirect_tqdm():
-        result = train(cfg)
+        result = train(cfg, make_task)
     if main_process:
         best = f"{result.best_metric:.4f} at step {result.best_step}" if result.best_metric is not None else "n/a"
         final = Path(result.run_dir) / ("best" if result.best_metric is not None else "last")
@@ -70,4 +98,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             path = export_openai(ClipFamilyModel.from_pretrained(final), args.export_openai)
             print(f"exported OpenAI .pt: {path}   (vlt5r extract --backbone {path})")
+        if args.export_transformers is not None:
+            from clip_family.export_hf import export_transformers
+            from clip_family.model import ClipFamilyModel
+
+            path = export_transformers(ClipFamilyModel.from_pretrained(final), args.export_transformers,
+                                       overwrite=args.overwrite)
+            print(f"exported transformers CLIPModel: {path}   (vlt5r extract --backbone hf:{path})")
+        if args.export_merged is not None:
+            from clip_family.model import ClipFamilyModel
+            from clip_family.peft_towers import merge_adapters
+            from foundations.io import write_dir_atomically
+
+            merged = merge_adapters(ClipFamilyModel.from_pretrained(final))
+            path = write_dir_atomically(args.export_merged, merged.save_pretrained)
+            print(f"exported the merged model: {path}   (ClipFamilyModel.from_pretrained(dir))")
     return 0

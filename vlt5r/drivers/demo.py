@@ -17,7 +17,7 @@ from foundations.cli import CLIParser, command, setup_logging
 
 
 def build_parser() -> CLIParser:
-    from retrieval.demo.pretrain_clip import PretrainConfig
+    from retrieval.demo.prepare import DemoClipConfig
     from retrieval.demo.task import DemoTaskConfig
 
     p = CLIParser(prog="vlt5r demo", description=__doc__)
@@ -26,7 +26,8 @@ def build_parser() -> CLIParser:
     prep.add_argument("--out", type=Path, default=Path("runs/demo"))
     prep.add_argument("--seed", type=int, default=0)
     prep.add_argument("--train-scenes", type=int, default=DemoTaskConfig.train_scenes)
-    prep.add_argument("--clip-steps", type=int, default=PretrainConfig.steps)
+    prep.add_argument("--clip-steps", type=int, default=DemoClipConfig.steps,
+                      help="optimizer steps of the tiny CLIP's pre-training (clip_family's trainer)")
     prep.add_argument("--num-workers", type=int, default=1)
     report = sub.add_parser("report", help="print the test-split comparison table", description=__doc__)
     report.add_argument("--comparison", type=Path, required=True, help="comparison.json of a training run")
@@ -41,14 +42,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.step == "prepare":
         from dataclasses import replace
 
-        from retrieval.demo.prepare import prepare
-        from retrieval.demo.pretrain_clip import PretrainConfig
+        from retrieval.demo.prepare import DemoClipConfig, prepare
         from retrieval.demo.task import DemoTaskConfig
 
         setup_logging()
         task = replace(DemoTaskConfig(), seed=args.seed, train_scenes=args.train_scenes)
-        pretrain = replace(PretrainConfig(), seed=args.seed, steps=args.clip_steps)
-        paths = prepare(args.out, task, pretrain, args.num_workers)
+        clip = replace(DemoClipConfig(), seed=args.seed, steps=args.clip_steps)
+        paths = prepare(args.out, task, clip, args.num_workers)
         print(f"demo data: {paths.data}\ndemo CLIP: {paths.clip}\nfeatures:  {paths.root / 'features'}")
     elif args.step == "report":
         from foundations.config import load_json

@@ -32,6 +32,7 @@ def build_parser() -> CLIParser:
                    help="significance test between runs: paired t-test, Fisher randomisation, Tukey HSD")
     p.add_argument("--max-p", type=float, default=0.05, help="p-value threshold for the significance marks")
     p.add_argument("--json", type=Path, help="write the results as JSON")
+    p.add_argument("--overwrite", action="store_true", help="replace --json if it exists")
     return p
 
 
@@ -43,6 +44,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if len(names) != len(args.runs) or len(set(names)) != len(names):
         raise UsageError(f"--names must give {len(args.runs)} distinct names (got {names}); runs with the same "
                          "file stem need --names")
+    if args.json is not None:
+        from foundations.io import refuse_overwrite
+
+        refuse_overwrite(args.json, args.overwrite, "--json", inputs=[args.qrels, *args.runs])
     from retrieval.formats import load_qrels, read_trec_run
     from retrieval.metrics import canonical_metrics, compare_runs, evaluate_run, format_means
 

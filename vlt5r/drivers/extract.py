@@ -3,6 +3,8 @@
 examples:
   vlt5r extract --images /data/coco/val2014 --out coco_rn101.h5 --backbone RN101
   vlt5r extract --images DIR --out feats.h5 --backbone ViT-B/32 --batch-size 256
+  vlt5r extract --images DIR --out feats.h5 --backbone ViT-B/32 --precision bf16 --no-grid   # CPU with bf16/AMX
+  vlt5r extract --images DIR --out feats.h5 --backbone ViT-B/32 --decode gpu --batch-size auto   # one GPU
   vlt5r extract --texts kb.jsonl --out kb_text.h5 --backbone ViT-B/32          # {"id", "text"} per line
   vlt5r extract --image-list list.tsv --out feats.h5 --backbone my_clip.pt     # OpenAI-format .pt
   vlt5r extract --images DIR --out feats.h5 --backbone hf:openai/clip-vit-base-patch32
@@ -14,6 +16,7 @@ listed in OUT.skipped.tsv). Same as `python feature_extraction/clip_prepro_feats
 
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,12 +35,21 @@ def build_parser() -> CLIParser:
     p.add_argument("--backbone", default="ViT-B/32",
                    help="OpenAI CLIP name (RN50, RN101, RN50x4, ViT-B/32, ViT-B/16, ViT-L/14), a local "
                         "OpenAI-format .pt, or hf:<dir or hub id>")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=batch_size_arg, default=64,
+                   help="items per forward, or auto (CPU: 32; CUDA: the largest power of two <= 512 whose "
+                        "activations fit in 40%% of the GPU's memory, measured by one probe batch)")
     p.add_argument("--num-workers", type=int,
                    help="DataLoader workers decoding + preprocessing (default: 0 on CPU, min(4, CPUs) on GPU)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: CPUs minus --num-workers, >= 1)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (torchrun: cuda:LOCAL_RANK)")
     p.add_argument("--dtype", default="float16", choices=["float16", "float32"], help="stored dtype")
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"],
+                   help="the forward's arithmetic (default: fp16 on CUDA, fp32 on CPU; bf16: autocast, fast on CPUs "
+                        "with AVX512-BF16/AMX); recorded in the file, appending with another one is refused")
+    p.add_argument("--decode", default="cpu", choices=["cpu", "gpu"],
+                   help="gpu: decode JPEGs with nvJPEG and resize/crop/normalise on the GPU, in batches (other "
+                        "formats and failures fall back to the CPU per file, logged)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the image tower (warm-up reported)")
     p.add_argument("--image-size", type=int, help="input size; non-native sizes interpolate positional embeddings")
     p.add_argument("--no-grid", action="store_true", help="store fc only")
     p.add_argument("--num-shards", type=int, help="write contiguous block --shard-id of this many")
@@ -50,6 +62,16 @@ def build_parser() -> CLIParser:
     return p
 
 
+def batch_size_arg(text: str) -> int | str:
+    """``--batch-size``: an integer or ``auto``."""
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer or auto, got {text!r}") from None
+
+
 @command
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
@@ -59,7 +81,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg = ExtractConfig(
         out=args.out, backbone=args.backbone, images=args.images, image_list=args.image_list, texts=args.texts,
         batch_size=args.batch_size, num_workers=args.num_workers, threads=args.threads, device=args.device,
-        dtype=args.dtype, image_size=args.image_size, grid=not args.no_grid,
+        dtype=args.dtype, precision=args.precision, decode=args.decode, compile=args.compile,
+        image_size=args.image_size, grid=not args.no_grid,
         shard=resolve_shard(args.num_shards, args.shard_id), max_pixels=args.max_pixels, chunk_size=args.chunk_size,
         retry_skipped=args.retry_skipped, progress=not args.no_progress)
     from tqdm.contrib.logging import logging_redirect_tqdm

@@ -72,9 +72,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(quiet=True)
     if args.out is not None:
-        if args.out.resolve() in {p.resolve() for p in args.runs}:
-            raise UsageError(f"--out {args.out} is one of the input runs")
-        refuse_overwrite(args.out, args.overwrite)
+        weights = [Path(args.weights)] if getattr(args, "weights", None) else []
+        inputs = [*args.runs, *weights, *([args.qrels] if args.command == "fit" else [])]
+        refuse_overwrite(args.out, args.overwrite, inputs=inputs)
     from retrieval.formats import load_qrels, read_trec_run, write_trec_run
     from retrieval.fusion import fuse, tune_weights
 
@@ -94,6 +94,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             save_json(args.out, result)
         return 0
     weights = parse_weights(args.weights, args.runs)
+    from retrieval.formats import check_trec_field
+
+    check_trec_field(args.tag, "run tag", "--tag")
     fused = fuse(runs, weights, defmin=not args.no_defmin, k=args.k)
     write_trec_run(args.out, fused, tag=args.tag)
     print(f"wrote {args.out}: {len(fused)} queries fused with weights {weights}")

@@ -17,7 +17,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from foundations.cli import CLIParser, command, setup_logging
-from foundations.errors import UserError
+from foundations.errors import UsageError, UserError
 from foundations.io import refuse_overwrite
 
 
@@ -54,9 +54,12 @@ def build_parser() -> CLIParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(quiet=True)
-    refuse_overwrite(args.out, args.overwrite)
+    inputs = [args.input, *([args.articles] if getattr(args, "articles", None) else [])]
+    refuse_overwrite(args.out, args.overwrite, inputs=inputs)
     if getattr(args, "kb_out", None) is not None:
-        refuse_overwrite(args.kb_out, args.overwrite, "--kb-out")
+        if args.kb_out.resolve() == args.out.resolve():
+            raise UsageError(f"--kb-out {args.kb_out} is also --out")
+        refuse_overwrite(args.kb_out, args.overwrite, "--kb-out", inputs=inputs)
     from retrieval.formats import KBEntry, Query
     from retrieval.importers.common import ImportStats
     from retrieval.importers.dpr import dpr_passages, dpr_queries
@@ -80,8 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         records, what = kilt_entries(args.input, stats, split=args.split, id_prefix=args.id_prefix,
                                      articles=articles, image_mode=args.image_id), "KB entries"
     write_unique(args.out, records, stats, args.strict)
-    if stats.written == 0:
-        args.out.unlink(missing_ok=True)
+    if stats.written == 0:  # write_unique left any existing --out untouched
         detail = f": {next(iter(stats.examples))} (e.g. {next(iter(stats.examples.values()))})" if stats.skipped else ""
         raise UserError(f"{args.input}: no valid records in {stats.read}{detail}")
     print(f"{args.out}: {stats.summary(what)}")

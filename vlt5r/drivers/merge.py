@@ -14,7 +14,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from foundations.cli import CLIParser, command, setup_logging
-from foundations.errors import UsageError
 from foundations.io import refuse_overwrite
 
 
@@ -30,9 +29,7 @@ def build_parser() -> CLIParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging()
-    if args.out.resolve() in {p.resolve() for p in args.shards}:
-        raise UsageError(f"--out {args.out} is one of the shards")
-    refuse_overwrite(args.out, args.overwrite)
+    refuse_overwrite(args.out, args.overwrite, inputs=args.shards)
     from feature_extraction.merge_feats import merge_shards
 
     n = merge_shards(args.shards, args.out)

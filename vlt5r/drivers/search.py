@@ -71,8 +71,23 @@ def check_args(args) -> None:
         raise UsageError("--queries needs --out RUN.trec")
     if args.out is not None:
         from foundations.io import refuse_overwrite
+        from retrieval.formats import check_trec_field
 
-        refuse_overwrite(args.out, args.overwrite)
+        inputs = [args.queries, args.query_features, args.query_text_features, args.kb, args.passages]
+        refuse_overwrite(args.out, args.overwrite, inputs=[p for p in inputs if p])
+        if args.tag is not None:
+            check_trec_field(args.tag, "run tag", "--tag")
+
+
+def read_batch_queries(path: Path) -> list:  # -> list[retrieval.formats.Query]
+    """The queries file, read before the index and encoder are opened; an id a TREC run cannot hold is refused
+    now, not after the search."""
+    from retrieval.formats import check_trec_field, read_queries
+
+    queries = read_queries(path)
+    for q in queries:
+        check_trec_field(q.id, "query id", path)
+    return queries
 
 
 @command
@@ -85,6 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from retrieval.querying.images import image_from_path
     from retrieval.querying.searcher import open_searcher
 
+    queries = read_batch_queries(args.queries) if args.queries is not None else []
     searcher = open_searcher(args.index, args.kb, args.encoder, backbone=args.backbone, device=args.device,
                              passages=args.passages, article_field=args.article_field,
                              article_sep=args.article_sep, nprobe=args.nprobe, ef_search=args.ef_search)
@@ -99,9 +115,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(format_hits(hits))
         return 0
     from feature_extraction.readers import open_features
-    from retrieval.formats import read_queries, write_trec_run
+    from retrieval.formats import write_trec_run
 
-    queries = read_queries(args.queries)
     features = open_features(args.query_features) if args.query_features else None
     text_features = open_features(args.query_text_features) if args.query_text_features else None
     run = search_queries(searcher, queries, features, text_features, args.k, args.batch_size,

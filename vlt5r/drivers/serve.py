@@ -45,6 +45,13 @@ def build_parser() -> CLIParser:
     p.add_argument("--max-k", type=int, default=d.max_k, help="largest k a request may ask for")
     p.add_argument("--default-k", type=int, default=d.default_k)
     p.add_argument("--max-question-chars", type=int, default=d.max_question_chars)
+    p.add_argument("--workers", type=int, default=d.workers,
+                   help="queries decoded + encoded at once, each in its own thread (bounds memory)")
+    p.add_argument("--queue", type=int, default=d.queue,
+                   help="queries that may wait for a worker; more are answered 503 with Retry-After")
+    p.add_argument("--decode-side", type=int, default=d.decode_side,
+                   help="decode larger images reduced, their shorter side kept >= this (0: full size)")
+    p.add_argument("--debug-paths", action="store_true", help="show server paths in /health (default: names only)")
     p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--log-level", default="warning", choices=("debug", "info", "warning", "error"))
@@ -66,7 +73,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     cfg = ServerConfig(images_dir=args.images, max_upload_mb=args.max_upload_mb, max_pixels=args.max_pixels,
                        max_k=args.max_k, default_k=args.default_k, max_question_chars=args.max_question_chars,
-                       extra={"index_dir": str(args.index)})
+                       workers=args.workers, queue=args.queue, decode_side=args.decode_side or None,
+                       show_paths=args.debug_paths, extra={"index_dir": str(args.index)})
     searcher = open_searcher(args.index, args.kb, args.encoder, backbone=args.backbone, device=args.device,
                              passages=args.passages, article_field=args.article_field, article_sep=args.article_sep)
     warm_up(searcher)

@@ -63,6 +63,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     setup_logging(main_process=main_process)
+    from foundations.io import check_writable_dir
+
+    check_writable_dir(cfg.loop.out)  # before the data and the model are loaded
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     from retrieval.training import train
