@@ -8,7 +8,7 @@ BROWSER := $(VENV)/.browser
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup test test-fast test-gpu bench-gpu demo bench clean
+.PHONY: setup test test-heavy test-fast test-gpu bench-gpu demo bench clean
 
 setup: $(STAMP)
 
@@ -25,7 +25,11 @@ $(BROWSER): scripts/install_browser.sh $(STAMP)
 	touch $(BROWSER)
 
 test: $(STAMP) $(BROWSER)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -m 'not heavy'
+
+# Learning proofs of several minutes (multilingual distillation): kept out of `make test`'s 10-minute budget.
+test-heavy: $(STAMP)
+	$(PY) -m pytest -q -m heavy
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m 'not slow'
