@@ -42,7 +42,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 RECIPE = REPO / "configs" / "joint_random_small.json"
 
-from retrieval.demo.diagnostic import DiagnosticTaskConfig, synthetic_features, write_diagnostic_task  # noqa: E402
+from retrieval.demo.diagnostic import DiagnosticTaskConfig, prepare_training_run  # noqa: E402
 
 TASKS = {"mixed": DiagnosticTaskConfig(train_scenes=400, dev_scenes=30, test_scenes=60, position_share=0.5),
          "relational": DiagnosticTaskConfig(train_scenes=600, dev_scenes=50, test_scenes=100, position_share=0.0)}
@@ -61,20 +61,6 @@ VARIANTS: dict[str, list[str]] = {
 }
 WITH_REFERENCE = {"recipe", "batch"}
 ROWS = ("clip_image", "clip_text", "joint", "joint_shuffled_questions", "joint_shuffled_images", "generic_reference")
-
-
-def prepare(root: Path, task: str) -> list[str]:
-    """Write the task, its synthetic features and a tokenizer under ``root``; the data flags of ``vlt5r train``."""
-    from vlt5.tokenization import train_tokenizer
-
-    paths = write_diagnostic_task(root / "data", TASKS[task])
-    feats = synthetic_features(root / "data", root / "feats")
-    questions = [json.loads(line)["question"] for line in paths["train"].read_text().splitlines()]
-    train_tokenizer(questions, root / "tok", 200)
-    return ["--kb", str(paths["kb"]), "--kb-features", str(feats["kb_features"]),
-            "--train-queries", str(paths["train"]), "--dev-queries", str(paths["dev"]),
-            "--test-queries", str(paths["test"]), "--query-features", str(feats["query_features"]),
-            "--question-features", str(feats["question_features"]), "--tokenizer", str(root / "tok")]
 
 
 def run_variant(data_flags: list[str], variant: str, steps: int, threads: int, out: Path) -> dict:
@@ -162,7 +148,7 @@ def main() -> None:
     results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for task in args.tasks:
-            data_flags = prepare(Path(tmp) / task, task)
+            data_flags = prepare_training_run(Path(tmp) / task, TASKS[task])
             results[task] = {}
             for variant in args.variants:
                 r = run_variant(data_flags, variant, steps[task], args.threads, Path(tmp) / task / f"run-{variant}")

@@ -24,6 +24,13 @@ LOSSES = ("clip", "siglip")
 TOWER_KINDS = ("openai", "hf")
 POOLINGS = ("eos", "mean", "cls")
 VARIANTS = ("CLIP", "SigLIP", "LiT", "SigLiT", "BaselineCLIP", "BaselineSigLIP")
+HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json")
+
+
+def has_hf_weights(path: str | Path) -> bool:
+    """Whether a transformers tower directory holds its own weights (a saved model's tower folders hold only its
+    config and tokenizer / processor files: their weights are in the model's ``model.safetensors``)."""
+    return any(Path(path, name).exists() for name in HF_WEIGHT_FILES)
 
 
 @dataclass

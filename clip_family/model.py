@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
-from clip_family.config import ModelConfig, named_config, tiny_config, with_variant
+from clip_family.config import ModelConfig, has_hf_weights, named_config, tiny_config, with_variant
 from clip_family.inputs import ImageInput, to_pixels
 from clip_family.losses import scale_from_param
 from foundations.config import load_json, save_json
@@ -83,9 +83,9 @@ def _hf_model(path: str) -> nn.Module:
     their weights are in the model's own ``model.safetensors``)."""
     from transformers import AutoConfig, AutoModel
 
-    has_weights = any(Path(path, name).exists() for name in ("model.safetensors", "pytorch_model.bin",
-                                                                "model.safetensors.index.json"))
-    return AutoModel.from_pretrained(path) if has_weights else AutoModel.from_config(AutoConfig.from_pretrained(path))
+    if has_hf_weights(path):
+        return AutoModel.from_pretrained(path)
+    return AutoModel.from_config(AutoConfig.from_pretrained(path))
 
 
 class CheckpointedSequential(nn.Sequential):
@@ -455,17 +455,16 @@ class ClipFamilyModel(nn.Module):
             if path and not Path(path).is_absolute():
                 cfg_data[name]["path"] = str(directory / path)
         model = cls(ModelConfig.from_dict(cfg_data, str(directory / CONFIG_NAME)))
-        from clip_family.peft_towers import ADAPTERS_NAME, load_adapters, read_manifest
+        from clip_family.peft_towers import ADAPTERS_NAME, read_manifest
 
         if (directory / ADAPTERS_NAME).is_file():  # an adapter-only checkpoint (clip_family.peft_towers)
             base = read_manifest(directory).get("base")
-            if base:
+            if base:  # else the towers' own directories hold the base weights
                 model.load_weights(Path(base) / WEIGHTS_NAME)
                 model.pretrained_dir = base
-            load_adapters(model, directory)
-            return model
-        model.load_weights(directory / WEIGHTS_NAME)
-        model.pretrained_dir = str(directory.resolve())  # the base of adapters trained on top of it
+        else:
+            model.pretrained_dir = str(directory.resolve())  # the base of adapters trained on top of it
+        model.load_checkpoint(directory)
         return model
 
     def load_checkpoint(self, directory: str | Path) -> None:

@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from clip_family.data import ReadReport, _caption, _verified
+from clip_family.data import CaptionDataset, ReadReport, _caption, _verified
 from clip_family.losses import _world, gather_features
 from foundations.errors import UserError
 from foundations.io import atomic_write_text
@@ -172,12 +172,10 @@ class NegItem:
 
 
 @dataclass
-class NegClipData:
-    items: list[NegItem]
-    report: ReadReport
+class NegClipData(CaptionDataset):
+    """The usable rows of a NegCLIP TSV: a :class:`clip_family.data.CaptionDataset` of :class:`NegItem`."""
 
-    def __len__(self) -> int:
-        return len(self.items)
+    items: list[NegItem]  # type: ignore[assignment]
 
 
 def read_negclip_tsv(path: str | Path, image_column: str = "filepath", caption_column: str = "title",

@@ -48,7 +48,7 @@ class NegCLIPTask(CLIPTask):
                             "use --grad-accum")
         if cfg.data.pre_embed or cfg.data.pre_embed_features is not None:
             raise UserError("--negclip does not go with --pre-embed (its hard-negative images are drawn per epoch)")
-        super().__init__(model, train, val, cfg, env)  # type: ignore[arg-type]
+        super().__init__(model, train, val, cfg, env)
 
     def loss_and_metrics(self, image: Tensor, text: Tensor, scale: Tensor, bias: Tensor | None
                          ) -> tuple[Tensor, dict[str, Tensor]]:
@@ -67,11 +67,8 @@ class NegCLIPTask(CLIPTask):
         order, _ = self.epoch_order(epoch)
         items = self.train_data.items
         draws = draw_negatives(items, self.cfg.loop.seed, epoch)
-        global_b = self.cfg.data.batch_size
-        local_b = global_b // self.env.world_size
         for micro in range(start, stop):
-            first = micro * global_b + self.env.rank * local_b
-            rows = order[first: first + local_b]
+            rows = self.local_rows(order, micro)
             negatives = draws.neg_row[rows]
             pixels = [self.pixels(int(i), items[i]) for i in np.concatenate([rows, negatives])]  # 2b x (3, R, R)
             yield {"pixels": torch.stack(pixels), "tokens": self.model.tokenize(batch_texts(items, rows, draws))}

@@ -20,8 +20,8 @@ This module never imports :mod:`clip_family.model` (the model imports it lazily 
 
 from __future__ import annotations
 
-import json
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,8 @@ from typing import Any
 from safetensors.torch import save_file
 from torch import nn
 
-from clip_family.config import ImageTowerConfig, ModelConfig, TextTowerConfig
+from clip_family.config import ImageTowerConfig, ModelConfig, TextTowerConfig, has_hf_weights
+from foundations.config import load_json, save_json
 from foundations.errors import ConfigError, UserError
 from vlt5.checkpoint import read_safetensors
 
@@ -128,6 +129,11 @@ def _tower(model: nn.Module, name: str) -> nn.Module:
     return model.visual if name == "image" else model.text  # type: ignore[return-value]
 
 
+def _prefixes(towers: Iterable[str]) -> tuple[str, ...]:
+    """The state-dict prefixes of the named towers (``visual.`` / ``text.``)."""
+    return tuple(f"{'visual' if name == 'image' else 'text'}." for name in towers)
+
+
 def is_adapted(tower: nn.Module) -> bool:
     """A transformers tower whose model is wrapped by peft."""
     return hasattr(getattr(tower, "encoder", None), "peft_config")
@@ -190,11 +196,6 @@ def merge_adapters(model: nn.Module) -> nn.Module:
 
 
 # -- adapter-only checkpoints -----------------------------------------------------------------------------------------
-def _has_weights(path: str) -> bool:
-    names = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json")
-    return any(Path(path, n).exists() for n in names)
-
-
 def save_adapter_checkpoint(model: nn.Module, directory: str | Path) -> None:
     """The adapters (peft's format, one folder per tower), what lies outside the adapted towers, the config and
     where the base weights come from (see the module docstring)."""
@@ -208,28 +209,25 @@ def save_adapter_checkpoint(model: nn.Module, directory: str | Path) -> None:
             cfg[name]["path"] = str(Path(cfg[name]["path"]).resolve())
     for name in towers:
         path = cfg[name]["path"]
-        if base is None and not _has_weights(path):
+        if base is None and not has_hf_weights(path):
             raise UserError(f"the {name} tower's base weights are not in {path}; load the model from a saved model "
                             "directory (it becomes the adapters' base)")
     for name, tower in towers.items():
         tower.encoder.save_pretrained(str(directory / ADAPTER_DIR / name))
-    prefixes = tuple(f"{'visual' if n == 'image' else 'text'}." for n in towers)
+    prefixes = _prefixes(towers)
     rest = {k: v.detach().contiguous() for k, v in model.state_dict().items() if not k.startswith(prefixes)}
     save_file(rest, str(directory / REST_NAME))
     import peft
 
     manifest = {"format": "vlt5r-peft-adapters", "format_version": 1, "peft_version": peft.__version__,
                 "towers": {name: f"{ADAPTER_DIR}/{name}" for name in towers}, "base": base}
-    (directory / ADAPTERS_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
-    (directory / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+    save_json(directory / ADAPTERS_NAME, manifest)
+    save_json(directory / "config.json", cfg)
 
 
 def read_manifest(directory: str | Path) -> dict[str, Any]:
     path = Path(directory) / ADAPTERS_NAME
-    try:
-        manifest = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise UserError(f"{path}: cannot read the adapter manifest ({exc})") from None
+    manifest = load_json(path)
     if not isinstance(manifest, dict) or not isinstance(manifest.get("towers"), dict) or \
             any(name not in TOWERS for name in manifest["towers"]):
         raise UserError(f"{path}: expected {{'towers': {{name: folder}}, 'base': dir or null}}")
@@ -257,7 +255,7 @@ def load_adapters(model: nn.Module, directory: str | Path) -> None:
         else:
             tower.encoder = peft.PeftModel.from_pretrained(tower.encoder, str(source), is_trainable=True)
     rest = read_safetensors(directory / REST_NAME)
-    prefixes = tuple(f"{'visual' if n == 'image' else 'text'}." for n in manifest["towers"])
+    prefixes = _prefixes(manifest["towers"])
     expected = {k for k in model.state_dict() if not k.startswith(prefixes)}
     if set(rest) != expected:
         raise UserError(f"{directory / REST_NAME}: weights do not match the config (missing "

@@ -379,12 +379,16 @@ class CLIPTask(engine.Task):
                                                 self.cfg.eval.eval_batch_size)
         return self._tower_outputs[torch.from_numpy(rows)]
 
+    def local_rows(self, order: np.ndarray, micro: int) -> np.ndarray:
+        """This rank's rows of global micro-batch ``micro`` of an epoch's permutation ``order``."""
+        local_b = self.cfg.data.batch_size // self.env.world_size
+        first = micro * self.cfg.data.batch_size + self.env.rank * local_b
+        return order[first: first + local_b]
+
     def train_batches(self, epoch: int, start: int, stop: int) -> Any:
         order, picks = self.epoch_order(epoch)
-        global_b = self.cfg.data.batch_size
-        local_b = global_b // self.env.world_size
         for micro in range(start, stop):
-            rows = order[micro * global_b + self.env.rank * local_b: micro * global_b + (self.env.rank + 1) * local_b]
+            rows = self.local_rows(order, micro)
             items = [self.train_data.items[i] for i in rows]
             captions = [it.captions[int(picks[i] * len(it.captions))] for i, it in zip(rows, items)]
             tokens = self.model.tokenize(captions)

@@ -19,7 +19,6 @@ step N (crash tests). Moved here from ``retrieval/training/checkpoint.py``.
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import os
@@ -35,7 +34,7 @@ import torch
 
 from foundations.config import from_dict, load_json
 from foundations.errors import ConfigError, UserError
-from foundations.io import complete_dir, write_dir_atomically
+from foundations.io import RecordingFile, complete_dir, write_dir_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -94,35 +93,14 @@ def seed_everything(seed: int) -> None:
 
 
 # -- writing -----------------------------------------------------------------------------------------------------
-class _RecordingWriter(io.RawIOBase):
-    """torch.save's file: torch reports a failed write as ``RuntimeError('unexpected pos ...')``, so the real
-    ``OSError`` (``ENOSPC``: a full disk) is kept here and raised instead."""
-
-    def __init__(self, fh: io.BufferedWriter) -> None:
-        super().__init__()
-        self.fh, self.error = fh, None
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, data: Any) -> int:
-        try:
-            return self.fh.write(data)
-        except OSError as exc:
-            self.error = self.error or exc
-            raise
-
-
 def save_torch(obj: Any, path: Path) -> None:
-    """``torch.save(obj, path)``, raising the ``OSError`` of a failed write (for :func:`foundations.io.disk_errors`)."""
-    with open(path, "wb") as fh:
-        writer = _RecordingWriter(fh)
-        try:
-            torch.save(obj, writer)
-        except RuntimeError:
-            if writer.error is not None:
-                raise writer.error from None
-            raise
+    """``torch.save(obj, path)``, raising the ``OSError`` of a failed write (for :func:`foundations.io.disk_errors`):
+    torch itself reports one as ``RuntimeError('unexpected pos ...')`` (:class:`foundations.io.RecordingFile`)."""
+    raw = RecordingFile(path)
+    try:
+        torch.save(obj, raw)
+    finally:
+        raw.close()  # raises the first failed write's OSError
 
 
 def save_model_dir(run_dir: Path, name: str, write_model: Callable[[Path], None], step: int = 0) -> Path:

@@ -67,6 +67,7 @@ class ExtractConfig:
     precision: str | None = None  # fp32 | bf16 | fp16; None: fp16 on CUDA, fp32 elsewhere (speed.resolve_precision)
     decode: str = "cpu"  # "gpu": JPEGs decoded + preprocessed on the compute device (device_decode)
     compile: bool = False  # torch.compile the image tower (warm-up reported)
+    channels_last: bool | None = None  # ResNet towers; None: on in bf16 / fp16, off in fp32 (speed.use_channels_last)
     image_size: int | None = None
     grid: bool = True
     shard: ShardSpec = ShardSpec()

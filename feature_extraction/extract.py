@@ -28,7 +28,7 @@ from feature_extraction.inputs import Listing, Skip, list_inputs, text_of_name
 from feature_extraction.device_decode import DeviceDecoder
 from feature_extraction.loader import Batch, make_loader
 from feature_extraction.speed import (auto_batch_size, autocast, compile_tower, pad_batch, prepare_tower,
-                                      resolve_precision, to_device, weights_dtype)
+                                      resolve_precision, to_device, use_channels_last, weights_dtype)
 from feature_extraction.spool import Spool, consolidate, exclusive_run
 from feature_extraction.spool_writer import SpoolWriter
 from feature_extraction.store import FORMAT_NAME, FORMAT_VERSION, FeatureFileError, H5FeatureStore
@@ -250,7 +250,8 @@ def extract(cfg: ExtractConfig) -> ExtractSummary:
     if cfg.decode == "gpu" and backbone.tensor_preprocess is None:
         raise UsageError(f"--decode gpu: {cfg.backbone} preprocesses with its own image processor ({backbone.family});"
                          " the device path reproduces CLIP's transform only (OpenAI-format models): use --decode cpu")
-    channels_last = cfg.modality == "image" and prepare_tower(backbone)
+    channels_last = cfg.modality == "image" and use_channels_last(cfg.channels_last, precision) and \
+        prepare_tower(backbone)
     batch_size = auto_batch_size(backbone, cfg.modality, precision, cfg.grid, channels_last) \
         if cfg.batch_size == "auto" else cfg.batch_size
     cfg = dataclasses.replace(cfg, precision=precision, batch_size=batch_size)

@@ -111,9 +111,10 @@ def build_openai_clip(state: dict[str, torch.Tensor], path: str | Path, device: 
     return model
 
 
-def openai_weights(name: str) -> tuple[str, str | None]:
+def openai_weights(name: str, flag: str = "--backbone") -> tuple[str, str | None]:
     """(the weights file, its sha256 when the name states it) of an OpenAI name or a local ``.pt``; a named model
-    not yet in ``~/.cache/clip`` is downloaded (and its sha256 verified) by the clip package."""
+    not yet in ``~/.cache/clip`` is downloaded (and its sha256 verified) by the clip package. ``flag`` names the
+    option in the errors."""
     import clip
 
     if name in clip.available_models():
@@ -121,10 +122,10 @@ def openai_weights(name: str) -> tuple[str, str | None]:
         try:
             return clip.clip._download(url, os.path.expanduser("~/.cache/clip")), url.split("/")[-2]
         except (OSError, RuntimeError) as exc:
-            raise UsageError(f"--backbone {name}: not in ~/.cache/clip and not downloadable ({exc})") from None
+            raise UsageError(f"{flag} {name}: not in ~/.cache/clip and not downloadable ({exc})") from None
     if Path(name).is_file():
         return str(Path(name).resolve()), None
-    raise UsageError(f"--backbone {name!r}: not an OpenAI CLIP name ({', '.join(clip.available_models())}),"
+    raise UsageError(f"{flag} {name!r}: not an OpenAI CLIP name ({', '.join(clip.available_models())}),"
                      " not a local .pt file, and not hf:<dir or hub id>")
 
 

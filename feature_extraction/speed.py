@@ -7,8 +7,9 @@ batch size (``--precision``, ``--compile``, ``--batch-size auto``; docs/extracti
   the forward under ``torch.autocast(dtype=bfloat16)`` (PyTorch's AMP recipe): matmuls and convolutions in bf16
   (oneDNN's AVX512-BF16/AMX kernels on a CPU), the residual stream, LayerNorms and softmax in fp32.
 * **channels_last** for ResNet towers (:func:`prepare_tower`), as PyTorch's performance guide recommends for
-  convolutions; measured +15 % (fp32) and +25 % (bf16) on an RN50-sized model on this 2-core CPU; the numbers move
-  by ~1e-7 (fp32).
+  convolutions; measured +20 % (fp32) and +83 % (bf16) on an RN50-sized model on this 2-core CPU. On by default in
+  bf16 / fp16 only (:func:`use_channels_last`): in fp32 it moves the numbers by ~5e-8, and the default output stays
+  byte for byte what it was (``--channels-last`` opts in).
 * **torch.compile** (:func:`compile_tower`) compiles the image tower in place (``nn.Module.compile``), so the grid
   tap registered on one of its submodules stays a traced hook; the warm-up compile is timed and reported.
 * **Batch size** ``auto`` (:func:`auto_batch_size`): a rule, not a search, so that a resumed run batches the same.
@@ -19,16 +20,15 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Iterator
 
 import torch
 
 from feature_extraction.backbone_base import Backbone
+from feature_extraction.config import PRECISIONS
 from foundations.errors import UsageError
 
 logger = logging.getLogger(__name__)
 
-PRECISIONS: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 CPU_AUTO_BATCH = 32  # a CPU forward is compute-bound from batch ~16 on: larger batches only add memory
 CUDA_MAX_BATCH = 512  # a cap on host memory: one prefetched batch of 512 224-px images is 308 MB of pinned fp32
 CUDA_MEMORY_SHARE = 0.4  # of the device's total memory, for activations (weights and the allocator keep the rest)
@@ -41,7 +41,7 @@ def resolve_precision(precision: str | None, device: str) -> str:
     if precision is None:
         return "fp16" if device.startswith("cuda") else "fp32"
     if precision not in PRECISIONS:
-        raise UsageError(f"--precision must be one of {tuple(PRECISIONS)}, got {precision!r}")
+        raise UsageError(f"--precision must be one of {PRECISIONS}, got {precision!r}")
     if precision == "fp16" and device == "cpu":
         raise UsageError("--precision fp16 needs CUDA; on a CPU use bf16 (AVX512-BF16/AMX kernels) or fp32")
     return precision
@@ -59,6 +59,11 @@ def autocast(device: str, precision: str) -> contextlib.AbstractContextManager:
     return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
 
 
+def use_channels_last(asked: bool | None, precision: str) -> bool:
+    """Whether ResNet towers go channels_last: as asked, else in reduced precision only (fp32 stays bit-stable)."""
+    return asked if asked is not None else precision != "fp32"
+
+
 def prepare_tower(backbone: Backbone) -> bool:
     """channels_last for a ResNet image tower; returns whether the input pixels should be channels_last too."""
     tower = backbone.image_tower()
@@ -74,15 +79,6 @@ def to_device(pixels: torch.Tensor, device: str, channels_last: bool) -> torch.T
     return pixels.contiguous(memory_format=torch.channels_last) if channels_last else pixels
 
 
-@contextlib.contextmanager
-def _timed(what: str) -> Iterator[list[float]]:
-    seconds: list[float] = []
-    start = time.perf_counter()
-    yield seconds
-    seconds.append(time.perf_counter() - start)
-    logger.info("%s: %.1f s", what, seconds[0])
-
-
 def compile_tower(backbone: Backbone, batch_size: int, grid: bool, precision: str, channels_last: bool) -> float:
     """``torch.compile`` the image tower in place and run one warm-up batch (the compile); returns its seconds.
     Batches are then padded to ``batch_size`` by the caller, so the graph compiles once."""
@@ -90,21 +86,27 @@ def compile_tower(backbone: Backbone, batch_size: int, grid: bool, precision: st
     if tower is None:
         raise UsageError(f"--compile: {backbone.name} exposes no image tower to compile")
     tower.compile()
-    pixels = torch.zeros(batch_size, 3, backbone.image_size, backbone.image_size)  # (B, 3, H, W)
-    with _timed(f"torch.compile warm-up (batch {batch_size})") as seconds, torch.inference_mode(), \
-            autocast(backbone.device, precision):
+    start = time.perf_counter()
+    with torch.inference_mode(), autocast(backbone.device, precision):
+        pixels = torch.zeros(batch_size, 3, backbone.image_size, backbone.image_size)  # (B, 3, H, W), as pad_batch's
         fc, _ = backbone.encode_images(to_device(pixels, backbone.device, channels_last), grid)
         fc.cpu()
-    return seconds[0]
+    seconds = time.perf_counter() - start
+    logger.info("torch.compile warm-up (batch %d): %.1f s", batch_size, seconds)
+    return seconds
 
 
 def pad_batch(pixels: torch.Tensor, batch_size: int) -> torch.Tensor:
     """(n, 3, H, W) -> (batch_size, 3, H, W) with zero rows after the n real ones (a compiled graph keeps one
-    shape; each row of these models is computed independently of the others)."""
+    shape; each row of these models is computed independently of the others). Under ``torch.inference_mode`` the
+    result is always an inference tensor: the compiled graph guards on the tensor's kind as well, and a batch from a
+    DataLoader worker is not one (its full batches are copied)."""
     n = pixels.shape[0]
-    if n >= batch_size:
-        return pixels
-    return torch.cat([pixels, pixels.new_zeros(batch_size - n, *pixels.shape[1:])])
+    if n < batch_size:
+        return torch.cat([pixels, pixels.new_zeros(batch_size - n, *pixels.shape[1:])])
+    if batch_size and torch.is_inference_mode_enabled() and not pixels.is_inference():
+        return pixels.clone()
+    return pixels
 
 
 def auto_batch_size(backbone: Backbone, modality: str, precision: str, grid: bool, channels_last: bool) -> int:

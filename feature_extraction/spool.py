@@ -38,8 +38,8 @@ import numpy as np
 from foundations.errors import UsageError
 from feature_extraction.inputs import Skip
 from feature_extraction.store import H5FeatureStore
-from foundations.io import DiskWriteError, atomic_replace, atomic_write_text
-from feature_extraction.writer import (COPY_ROWS, STR, Block, RecordingFile, attrs_mismatch, read_ids,
+from foundations.io import DiskWriteError, RecordingFile, atomic_replace, atomic_write_text
+from feature_extraction.writer import (COPY_ROWS, STR, Block, attrs_mismatch, read_ids,
                                        read_skip_record, read_skipped, write_feature_file, write_skipped)
 
 logger = logging.getLogger(__name__)

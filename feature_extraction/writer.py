@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -27,7 +26,7 @@ import h5py
 import numpy as np
 
 from feature_extraction.inputs import Skip, text_of_name
-from foundations.io import atomic_replace, disk_errors, kept_message
+from foundations.io import RecordingFile, atomic_replace, disk_errors, kept_message
 from feature_extraction.store import decode_attr, open_h5
 
 logger = logging.getLogger(__name__)
@@ -50,86 +49,10 @@ class Block:
     grid: np.ndarray | None
 
 
-class RecordingFile:
-    """The file HDF5 writes through (h5py's ``fileobj`` driver) when a write may fail on a full disk.
-
-    HDF5 cannot close a file after one of its writes failed: the id stays open and the process segfaults when it
-    is collected (h5py issues #914, #2160). So a failed write is recorded in :attr:`error` and hidden from HDF5 (no
-    method ever raises; later writes are dropped); the file is garbage from then on, and the caller deletes it and
-    raises the error (:func:`h5_for_writing`, :class:`feature_extraction.spool.ChunkFile`). Positional I/O
-    (``pread`` / ``pwrite`` at our own offset, as HDF5's default ``sec2`` driver does): no buffer to flush.
-    """
-
-    def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
-        self.pos = 0
-        self.error: OSError | None = None
-
-    def _failed(self, exc: OSError) -> None:
-        if self.error is None:
-            exc.filename = exc.filename or str(self.path)
-            self.error = exc
-
-    def write(self, data: Any) -> int:
-        view = memoryview(data).cast("B")
-        done = 0
-        while self.error is None and done < len(view):
-            try:
-                done += os.pwrite(self.fd, view[done:], self.pos + done)
-            except OSError as exc:
-                self._failed(exc)
-        self.pos += len(view)
-        return len(view)
-
-    def readinto(self, buffer: Any) -> int:
-        view = memoryview(buffer).cast("B")
-        try:
-            data = os.pread(self.fd, len(view), self.pos)
-        except OSError as exc:
-            self._failed(exc)
-            data = b""
-        view[:len(data)] = data
-        self.pos += len(data)
-        return len(data)
-
-    def read(self, size: int = -1) -> bytes:
-        buffer = bytearray(size if size >= 0 else max(0, os.fstat(self.fd).st_size - self.pos))
-        return bytes(buffer[:self.readinto(buffer)])
-
-    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
-        base = {os.SEEK_SET: 0, os.SEEK_CUR: self.pos, os.SEEK_END: os.fstat(self.fd).st_size}[whence]
-        self.pos = base + offset
-        return self.pos
-
-    def tell(self) -> int:
-        return self.pos
-
-    def truncate(self, size: int | None = None) -> int:
-        size = self.pos if size is None else size
-        if self.error is None:
-            try:
-                os.ftruncate(self.fd, size)
-            except OSError as exc:
-                self._failed(exc)
-        return size
-
-    def flush(self) -> None:
-        pass  # nothing buffered here; durability is atomic_replace's fsync
-
-    def close(self) -> None:
-        """Close the OS file; raise the first failed write, if any."""
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
-        if self.error is not None:
-            raise self.error
-
-
 @contextmanager
 def h5_for_writing(path: Path) -> Iterator[h5py.File]:
     """A new HDF5 file at ``path`` whose failed writes (a full disk) raise their ``OSError`` once closed, without
-    leaving an unclosable HDF5 id behind (see :class:`RecordingFile`)."""
+    leaving an unclosable HDF5 id behind (see :class:`foundations.io.RecordingFile`)."""
     raw = RecordingFile(path)
     try:
         with h5py.File(raw, "w") as f:

@@ -55,18 +55,14 @@ def run(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] 
     except UserError as exc:
         print_error(one_line(exc))
         return 1
-    except OSError as exc:
-        if exc.filename is not None:
+    except Exception as exc:
+        if isinstance(exc, OSError) and exc.filename is not None:
             print_error(f"{exc.filename}: {exc.strerror or one_line(exc)}")
             return 1
-        if disk_failure(exc) is None:  # not about a file the user named, nor the disk: a bug, show the traceback
+        why = disk_failure(exc)  # a full disk deep in a library that names no file (faiss / safetensors: strerror only)
+        if why is None:  # not about a file the user named, nor the disk: a bug, show the traceback
             raise
-        print_error(f"{disk_failure(exc)} ({one_line(exc)})")  # a full disk deep in a library that names no file
-        return 1
-    except Exception as exc:
-        if disk_failure(exc) is None:  # a bug: show the traceback
-            raise
-        print_error(f"{disk_failure(exc)} ({one_line(exc)})")  # faiss / safetensors quote strerror only
+        print_error(f"{why} ({one_line(exc)})")
         return 1
     except KeyboardInterrupt:
         print_error("interrupted")
@@ -155,16 +151,12 @@ def base_config(path: str | None) -> dict[str, Any]:
     ``format_version``; ``{}`` when no file is given. A missing or malformed file is a usage error."""
     if path is None:
         return {}
-    from foundations.config import load_json
+    from foundations.config import load_config_json
 
     try:
-        base = load_json(path)
+        return load_config_json(path)
     except ConfigError as exc:
         raise UsageError(f"--config {exc}") from None
-    if not isinstance(base, dict):
-        raise UsageError(f"--config {path}: expected a JSON object")
-    base.pop("format_version", None)
-    return base
 
 
 def config_from_flags(cls: type[T], args: argparse.Namespace | dict[str, Any],

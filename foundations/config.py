@@ -70,6 +70,16 @@ def load_json(path: str | Path) -> Any:
         raise ConfigError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
 
 
+def load_config_json(path: str | Path) -> dict[str, Any]:
+    """A saved config's fields: a JSON object (else a :class:`ConfigError` naming the file) without its
+    ``format_version``."""
+    data = load_json(path)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a JSON object")
+    data.pop("format_version", None)
+    return data
+
+
 def save_json(path: str | Path, data: Any) -> None:
     """Write ``data`` as indented JSON, atomically (a reader sees the old or the new file)."""
     atomic_write_text(path, json.dumps(data, indent=2) + "\n")

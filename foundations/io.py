@@ -1,11 +1,13 @@
 """Atomic, durable writes: a reader (or a killed run) sees the old file or the new one, never half of one.
 
-``atomic_write_text`` / ``atomic_write_bytes`` write ``PATH.tmp``, fsync, ``os.replace`` and fsync the folder;
+``atomic_open`` (a file written in a stream) and ``atomic_write_text`` / ``atomic_write_bytes`` write ``.NAME.tmp``,
+fsync, ``os.replace`` and fsync the folder;
 ``write_dir_atomically`` does the same for a whole directory (write ``.NAME.tmp``, fsync the tree, swap by two
 renames, ``.NAME.old`` kept only between them); ``refuse_overwrite`` is the one rule for user-named outputs
 (never replace without ``--overwrite``, never replace one of the command's own inputs). A write that fails because
 of the disk (full, quota, read-only, forbidden: :func:`disk_failure`) ends in one :class:`DiskWriteError` line that
 names the file and says what was kept (:func:`disk_errors`): the atomic writers leave the previous output as it was.
+:class:`RecordingFile` is the file object for libraries that mishandle such a failed write (HDF5, ``torch.save``).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import shutil
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import IO, Any
 
 from foundations.errors import UsageError, UserError
 
@@ -64,6 +67,84 @@ def disk_errors(target: str | Path, kept: str) -> Iterator[None]:
         raise DiskWriteError(f"{where}: {why}{during}; {kept}") from exc
 
 
+class RecordingFile:
+    """A new file for a library that writes through a file object and mishandles a failed write (a full disk).
+
+    The first failed write's ``OSError`` is recorded in :attr:`error` and hidden from the library (no method but
+    :meth:`close` ever raises; later writes are dropped); the file is garbage from then on, and :meth:`close`
+    raises the error. HDF5 (h5py's ``fileobj`` driver) cannot close a file after one of its writes failed: the id
+    stays open and the process segfaults when it is collected (h5py issues #914, #2160;
+    :func:`feature_extraction.writer.h5_for_writing`, :class:`feature_extraction.spool.ChunkFile`); ``torch.save``
+    reports one as ``RuntimeError('unexpected pos ...')`` (:func:`engine.checkpoint.save_torch`). Positional I/O
+    (``pread`` / ``pwrite`` at our own offset, as HDF5's default ``sec2`` driver does): no buffer to flush.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        self.pos = 0
+        self.error: OSError | None = None
+
+    def _failed(self, exc: OSError) -> None:
+        if self.error is None:
+            exc.filename = exc.filename or str(self.path)
+            self.error = exc
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data).cast("B")
+        done = 0
+        while self.error is None and done < len(view):
+            try:
+                done += os.pwrite(self.fd, view[done:], self.pos + done)
+            except OSError as exc:
+                self._failed(exc)
+        self.pos += len(view)
+        return len(view)
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        try:
+            data = os.pread(self.fd, len(view), self.pos)
+        except OSError as exc:
+            self._failed(exc)
+            data = b""
+        view[:len(data)] = data
+        self.pos += len(data)
+        return len(data)
+
+    def read(self, size: int = -1) -> bytes:
+        buffer = bytearray(size if size >= 0 else max(0, os.fstat(self.fd).st_size - self.pos))
+        return bytes(buffer[:self.readinto(buffer)])
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        base = {os.SEEK_SET: 0, os.SEEK_CUR: self.pos, os.SEEK_END: os.fstat(self.fd).st_size}[whence]
+        self.pos = base + offset
+        return self.pos
+
+    def tell(self) -> int:
+        return self.pos
+
+    def truncate(self, size: int | None = None) -> int:
+        size = self.pos if size is None else size
+        if self.error is None:
+            try:
+                os.ftruncate(self.fd, size)
+            except OSError as exc:
+                self._failed(exc)
+        return size
+
+    def flush(self) -> None:
+        pass  # nothing buffered here; durability is atomic_replace's fsync
+
+    def close(self) -> None:
+        """Close the OS file; raise the first failed write, if any."""
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        if self.error is not None:
+            raise self.error
+
+
 def fsync_path(path: str | Path) -> None:
     """fsync a file or a directory by path."""
     fd = os.open(path, os.O_RDONLY)
@@ -80,15 +161,26 @@ def atomic_replace(tmp: str | Path, final: str | Path) -> None:
     fsync_path(Path(final).parent)
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+@contextmanager
+def atomic_open(path: str | Path, mode: str = "w") -> Iterator[IO[Any]]:
+    """``open(path, mode)`` (UTF-8 text unless ``mode`` has ``b``) for a file written whole, in a stream: the block
+    writes ``.NAME.tmp``, which replaces ``path`` (:func:`atomic_replace`) when the block ends cleanly; any error
+    deletes it and leaves ``path`` as it was (a disk failure: one :class:`DiskWriteError` line, :func:`disk_errors`).
+    """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
     with disk_errors(path, kept_message(path)):
         try:
-            tmp.write_bytes(data)
+            with open(tmp, mode, encoding=None if "b" in mode else "utf-8") as f:
+                yield f
             atomic_replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    with atomic_open(path, "wb") as f:
+        f.write(data)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

@@ -113,11 +113,7 @@ def rows_to_pairs(rows: Iterable[tuple[str, Any]], columns: Columns, lang: str, 
         yield pair
 
 
-# -- the formats -------------------------------------------------------------------------------------------------
-def _jsonl_rows(path: Path) -> Iterator[tuple[str, Any]]:
-    yield from scan_jsonl(path)
-
-
+# -- the formats (JSONL: foundations.jsonl.scan_jsonl) -------------------------------------------------------------
 def _table_rows(path: Path, delimiter: str, columns: Columns) -> Iterator[tuple[str, Any]]:
     with decoding(path, UserError), path.open(newline="", encoding="utf-8") as fh:  # not UTF-8: one line naming it
         reader = csv.DictReader(fh, delimiter=delimiter)
@@ -200,7 +196,7 @@ def read_source(source: str, columns: Columns, fmt: str = "auto", split: str = "
         raise UserError(f"{path}: no such file or folder")
     rows: Iterable[tuple[str, Any]]
     if fmt == "jsonl":
-        rows = _jsonl_rows(path)
+        rows = scan_jsonl(path)
     elif fmt in ("csv", "tsv"):
         rows = _table_rows(path, "\t" if fmt == "tsv" else ",", columns)
     elif fmt == "parquet":

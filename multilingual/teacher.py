@@ -1,7 +1,9 @@
 """The teacher of a distillation: a CLIP whose text tower the student imitates and whose image tower the mCLIP keeps.
 
-:func:`load_teacher` takes what the CLIP-family room loads (:func:`clip_family.model.build`: an OpenAI name or
-``.pt``, one of our model directories, a config JSON) or ``hf:DIR`` (a transformers ``CLIPModel`` directory or a
+:func:`load_teacher` takes what the CLIP-family room loads (:func:`clip_family.model.build`: an OpenAI ``.pt``, one
+of our model directories, a config JSON), an OpenAI model name (``ViT-B/32``: its released weights, fetched into
+``~/.cache/clip`` as ``vlt5r extract`` fetches them; never ``build``'s random-weight model of that architecture) or
+``hf:DIR`` (a transformers ``CLIPModel`` directory or a
 hub id already in the local cache, e.g. ``hf:openai/clip-vit-base-patch16``). It returns a :class:`Teacher`: the
 frozen text side (:class:`TeacherText`: tokenizer, tower, projection; ``embed`` gives exactly the teacher's
 ``encode_text``, ``layers`` the pooled hidden state of every text block for layer-wise distillation) and what the
@@ -165,14 +167,30 @@ def load_teacher(spec: str, with_text: bool = True) -> Teacher:
         return Teacher(spec, HFClipTeacherText(model, path) if with_text else None,
                        ImageTowerConfig(kind="hf", path=path, image_resolution=vision.image_size), state,
                        model.config.projection_dim, float(model.logit_scale.detach()))
-    model = build(spec, "BaselineCLIP")
+    model = build(openai_release(spec) or spec, "BaselineCLIP")
     state = {k: v for k, v in model.state_dict().items() if k.startswith(IMAGE_PREFIXES)}
     return Teacher(spec, FamilyTeacherText(model) if with_text else None, model.config.image, state,
                    model.config.embed_dim, float(model.logit_scale.detach()))
 
 
+def openai_release(spec: str) -> str | None:
+    """The released ``.pt`` of an OpenAI model name (downloaded by the clip package when not yet cached, as
+    :func:`feature_extraction.openai_backbone.openai_weights` does for ``vlt5r extract``), else None."""
+    import clip
+
+    if spec not in clip.available_models():
+        return None
+    from feature_extraction.openai_backbone import openai_weights
+
+    return openai_weights(spec, "--teacher")[0]
+
+
 def teacher_weights_file(spec: str) -> Path | None:
-    """The weights file ``vlt5r extract --backbone SPEC`` hashes into ``backbone_sha256`` (None: a named model)."""
+    """The weights file ``vlt5r extract --backbone SPEC`` hashes into ``backbone_sha256`` (None: a config or an
+    uncached hub id)."""
+    release = openai_release(spec)
+    if release is not None:
+        return Path(release)
     path = Path(spec[3:] if spec.startswith("hf:") else spec)
     if path.is_file():
         return path

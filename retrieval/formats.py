@@ -25,7 +25,7 @@ from typing import Any
 
 from foundations import jsonl
 from foundations.errors import UserError
-from foundations.io import atomic_replace
+from foundations.io import atomic_open
 from foundations.jsonl import ReadStats
 
 logger = logging.getLogger(__name__)
@@ -212,17 +212,11 @@ def write_trec_run(path: str | Path, run: Mapping[str, Mapping[str, float]], tag
     checked first (:func:`check_trec_field`); the file is written atomically."""
     _check_trec_ids(path, run, "document id")
     check_trec_field(tag, "run tag", path)
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with tmp.open("w", encoding="utf-8") as f:
-            for qid, docs in run.items():
-                ranked = sorted(docs.items(), key=lambda kv: (-kv[1], kv[0]))
-                for rank, (docid, score) in enumerate(ranked, 1):
-                    f.write(f"{qid} Q0 {docid} {rank} {format_score(score)} {tag}\n")
-        atomic_replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_open(path) as f:
+        for qid, docs in run.items():
+            ranked = sorted(docs.items(), key=lambda kv: (-kv[1], kv[0]))
+            for rank, (docid, score) in enumerate(ranked, 1):
+                f.write(f"{qid} Q0 {docid} {rank} {format_score(score)} {tag}\n")
 
 
 def read_trec_qrels(path: str | Path) -> Qrels:

@@ -1,12 +1,11 @@
 """Partial tower locking (open_clip's ``lock_image_tower(unlocked_groups)`` / ``lock_text_tower(unlocked_layers)``):
 the trainable parameter set for every N equals open_clip's own lock on an equivalent open_clip model (OpenAI ViT,
-OpenAI text transformer, a transformers RoBERTa text tower), or a hand list where open_clip has none (ModifiedResNet,
+OpenAI text transformer, a transformers XLM-R text tower), or a hand list where open_clip has none (ModifiedResNet,
 transformers CLIP towers); locked groups stay in eval mode; the flags of ``vlt5r clip-train``."""
 
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 import pytest
@@ -15,6 +14,7 @@ from torch import nn
 
 from clip_family.config import ImageTowerConfig, ModelConfig, TextTowerConfig, tiny_config, with_variant
 from clip_family.model import ClipFamilyModel
+from feature_extraction.tiny import make_hf_text_encoder
 from test_clip_train import config, small, weights  # noqa: F401  (small: the 48-scan digits fixture)
 
 
@@ -104,29 +104,15 @@ def test_modified_resnet_groups_by_hand() -> None:
     assert not model.visual.training and model.text.training
 
 
-def _roberta_dir(root: Path) -> Path:
-    """A tiny RoBERTa directory (an architecture open_clip's ``HFTextEncoder.lock`` knows): a transformers config
-    and a byte-level BPE vocabulary without merges (a real tokenizer)."""
-    from transformers import RobertaConfig
-
-    root.mkdir(parents=True)
-    words = ["<s>", "<pad>", "</s>", "<unk>", "<mask>", *"abcdefghijklmnopqrstuvwxyz", "\u0120"]
-    (root / "vocab.json").write_text(json.dumps({w: i for i, w in enumerate(words)}))
-    (root / "merges.txt").write_text("#version: 0.2\n")
-    RobertaConfig(vocab_size=len(words), hidden_size=32, num_hidden_layers=3, num_attention_heads=2,
-                  intermediate_size=37, max_position_embeddings=40, pad_token_id=1).save_pretrained(root)
-    return root
-
-
 def test_transformers_text_tower_groups_equal_open_clip(tmp_path: Path) -> None:
     from open_clip.hf_model import HFTextEncoder
     from transformers import AutoConfig
 
-    roberta = _roberta_dir(tmp_path / "roberta")
+    xlmr = make_hf_text_encoder(tmp_path / "xlmr", ["a red ring"], layers=3)  # an XLM-R open_clip knows
     cfg = with_variant(ModelConfig(embed_dim=24, image=tiny_config().image,
-                                   text=TextTowerConfig(kind="hf", path=str(roberta), context_length=16)), "CLIP")
+                                   text=TextTowerConfig(kind="hf", path=str(xlmr), context_length=16)), "CLIP")
     ours = ClipFamilyModel(cfg)
-    theirs = HFTextEncoder(str(roberta), output_dim=24, config=AutoConfig.from_pretrained(roberta),
+    theirs = HFTextEncoder(str(xlmr), output_dim=24, config=AutoConfig.from_pretrained(xlmr),
                            pooler_type="mean_pooler", proj_type="linear")
     assert {n for n, _ in ours.text.encoder.named_parameters()} == {n for n, _ in theirs.transformer.named_parameters()}
     seen = set()

@@ -112,6 +112,19 @@ def test_mclip_keeps_the_teacher_image_tower_and_round_trips(tmp_path: Path, wor
     assert (tmp_path / "m/text_tower/tokenizer.json").is_file()
 
 
+def test_an_openai_model_name_is_its_released_weights(tiny_vit_pt: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--teacher ViT-B/32`` is the released model (the file `vlt5r extract --backbone ViT-B/32` reads), never a
+    random-weight model of that architecture; the feature-file check hashes that same file."""
+    from feature_extraction import openai_backbone
+    from multilingual.teacher import teacher_weights_file
+
+    monkeypatch.setattr(openai_backbone, "openai_weights", lambda name, flag: (str(tiny_vit_pt), None))
+    teacher = load_teacher("ViT-B/32")
+    released = ClipFamilyModel.from_openai(tiny_vit_pt).state_dict()
+    assert teacher.image_state.keys() and all(torch.equal(v, released[k]) for k, v in teacher.image_state.items())
+    assert teacher_weights_file("ViT-B/32") == tiny_vit_pt
+
+
 def test_extract_with_an_mclip_dir_feeds_the_kb_loader(tmp_path: Path, world: dict[str, Path],
                                                        tiny_vit_pt: Path) -> None:
     from PIL import Image

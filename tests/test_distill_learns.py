@@ -24,7 +24,7 @@ TEACHER = DemoClipConfig(steps=100, renders_per_entity=8, val_renders_per_entity
 
 @pytest.mark.slow
 @pytest.mark.heavy  # `make test-heavy`: over the suite's budget on 2 cores
-@pytest.mark.timeout(1800)  # 959 s measured on 2 cores at load 8–12 (docs/multilingual.md); free cores: minutes
+@pytest.mark.timeout(1800)  # 132 s on 2 free cores, 959 s at load 8–12 (docs/multilingual.md)
 def test_student_reaches_90_percent_of_the_teacher_on_unseen_captions(tmp_path: Path) -> None:
     start = time.perf_counter()
     teacher = pretrain_demo_clip(tmp_path / "clip" / "demo_clip.pt", TEACHER)

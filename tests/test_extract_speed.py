@@ -44,12 +44,32 @@ def test_precision_defaults_and_refusals():
         resolve_precision("fp16", "cpu")
 
 
-def test_default_output_is_the_fp32_output_byte_for_byte(tiny_vit_pt, photos, tmp_path):
-    extract_with(tmp_path / "default.h5", tiny_vit_pt, images=photos)
-    extract_with(tmp_path / "fp32.h5", tiny_vit_pt, images=photos, precision="fp32")
+@pytest.mark.parametrize("which", ["tiny_vit_pt", "tiny_resnet_pt"])
+def test_default_output_is_the_plain_fp32_output_byte_for_byte(which, photos, tmp_path, request):
+    """The default command computes what it computed before the fast paths: fp32, standard memory format."""
+    weights = request.getfixturevalue(which)
+    extract_with(tmp_path / "default.h5", weights, images=photos)
+    extract_with(tmp_path / "fp32.h5", weights, images=photos, precision="fp32", channels_last=False)
     assert (tmp_path / "default.h5").read_bytes() == (tmp_path / "fp32.h5").read_bytes()
     attrs = read_all(tmp_path / "default.h5")[3]
     assert attrs["precision"] == "fp32" and attrs["decode"] == "cpu"
+
+
+def test_channels_last_is_on_in_reduced_precision_and_asked_for_in_fp32(tiny_resnet_pt, photos, tmp_path,
+                                                                        monkeypatch):
+    from feature_extraction import extract as extract_module
+
+    seen: list[bool] = []
+    real = extract_module.prepare_tower
+    monkeypatch.setattr(extract_module, "prepare_tower", lambda backbone: seen.append(True) or real(backbone))
+    for i, settings in enumerate([{}, {"precision": "bf16"}, {"channels_last": True}, {"precision": "bf16",
+                                                                                        "channels_last": False}]):
+        extract_with(tmp_path / f"{i}.h5", tiny_resnet_pt, images=photos, **settings)
+        seen.append(False)
+    assert seen == [False, True, False, True, False, False]
+    _, plain, _, _ = read_all(tmp_path / "0.h5")
+    _, fast, _, _ = read_all(tmp_path / "2.h5")
+    np.testing.assert_allclose(fast, plain, atol=1e-5, rtol=0)  # the same numbers up to the summation order
 
 
 def test_files_from_before_precision_was_recorded(tiny_vit_pt, photos, tmp_path):
@@ -214,17 +234,21 @@ def test_batch_size_auto_is_32_on_a_cpu(tiny_vit_pt, photos, tmp_path, caplog):
 @pytest.mark.slow
 def test_compile_matches_eager_compiles_once_and_reports_its_warm_up(tiny_resnet_pt, photos, tmp_path, monkeypatch):
     """9 images in batches of 4: the last batch (1 image) is padded, so the graph never recompiles (a recompile is
-    made an error); the grid comes through the tap inside the compiled tower."""
+    made an error), with batches made in the main process or by a DataLoader worker (no inference tensors); the grid
+    comes through the tap inside the compiled tower."""
     import torch._dynamo
 
-    torch._dynamo.reset()
     monkeypatch.setattr(torch._dynamo.config, "error_on_recompile", True)
-    summary = extract_with(tmp_path / "c.h5", tiny_resnet_pt, images=photos, compile=True)
+    for workers in (0, 1):
+        torch._dynamo.reset()
+        summary = extract_with(tmp_path / f"c{workers}.h5", tiny_resnet_pt, images=photos, compile=True,
+                               num_workers=workers)
     extract_with(tmp_path / "e.h5", tiny_resnet_pt, images=photos)
-    _, fc, grid, _ = read_all(tmp_path / "c.h5")
     _, ref_fc, ref_grid, _ = read_all(tmp_path / "e.h5")
-    np.testing.assert_allclose(fc, ref_fc, atol=1e-5, rtol=0)
-    np.testing.assert_allclose(grid, ref_grid, atol=1e-5, rtol=0)
+    for workers in (0, 1):
+        _, fc, grid, _ = read_all(tmp_path / f"c{workers}.h5")
+        np.testing.assert_allclose(fc, ref_fc, atol=1e-5, rtol=0)
+        np.testing.assert_allclose(grid, ref_grid, atol=1e-5, rtol=0)
     assert summary.compile_seconds > 0 and "torch.compile warm-up" in summary.text()
     torch._dynamo.reset()
 

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from retrieval.demo.diagnostic import RELATIONS, DiagnosticTaskConfig, synthetic_features, write_diagnostic_task
+from retrieval.demo.diagnostic import (RELATIONS, DiagnosticTaskConfig, prepare_training_run, synthetic_features,
+                                       write_diagnostic_task)
 from retrieval.formats import Query
 from retrieval.losses import build_candidates, dpr_loss, kb_candidates
 from retrieval.training.diagnostics import gain_kept, shuffle_field, verdict
@@ -97,19 +98,11 @@ def test_the_joint_encoder_uses_the_question_on_the_diagnostic_task(tmp_path: Pa
     generic reference trained on the same inputs and budget, and shuffling the questions takes away at least half
     of its gain over image-only. (The fuller runs: benchmarks/bench_diagnostic.py, docs/training.md §10.)"""
     from retrieval.training import train
-    from vlt5.tokenization import train_tokenizer
     from vlt5r.drivers.train import parse_config
 
     cfg_task = DiagnosticTaskConfig(train_scenes=400, dev_scenes=30, test_scenes=60, position_share=0.5)
-    paths = write_diagnostic_task(tmp_path / "data", cfg_task)
-    feats = synthetic_features(tmp_path / "data", tmp_path / "feats")
-    questions = [json.loads(line)["question"] for line in paths["train"].read_text().splitlines()]
-    train_tokenizer(questions, tmp_path / "tok", 200)
     cfg, _ = parse_config([
-        "--kb", str(paths["kb"]), "--kb-features", str(feats["kb_features"]), "--train-queries", str(paths["train"]),
-        "--dev-queries", str(paths["dev"]), "--test-queries", str(paths["test"]),
-        "--query-features", str(feats["query_features"]), "--question-features", str(feats["question_features"]),
-        "--tokenizer", str(tmp_path / "tok"), "--config", str(RECIPE), "--epochs", "12", "--threads", "2",
+        *prepare_training_run(tmp_path, cfg_task), "--config", str(RECIPE), "--epochs", "12", "--threads", "2",
         "--no-progress", "--no-save-init", "--out", str(tmp_path / "run")])
     table = train(cfg).test
     m = "mrr@10"

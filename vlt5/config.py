@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from foundations.config import from_dict, load_json
+from foundations.config import from_dict, load_config_json
 from foundations.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -146,10 +146,7 @@ class VLT5Config:
 
     @classmethod
     def load(cls, path: str | Path) -> VLT5Config:
-        data = load_json(path)
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: expected a JSON object")
-        data.pop("format_version", None)
+        data = load_config_json(path)
         try:
             return cls.from_dict(data)
         except ConfigError as exc:

@@ -33,7 +33,7 @@ from torch import Tensor, nn
 
 from adapters import config_from_dict, config_to_dict, inject, is_adapter_param
 from adapters.base import AdapterError
-from foundations.config import from_dict, load_json
+from foundations.config import from_dict, load_config_json
 from foundations.errors import ConfigError
 from vlt5.checkpoint import (CONFIG_NAME, WEIGHTS_NAME, CheckpointError, LoadReport, check_shapes,
                              read_safetensors)
@@ -205,10 +205,7 @@ class QueryEncoder(nn.Module):
         for name in (CONFIG_NAME, WEIGHTS_NAME):
             if not (directory / name).is_file():
                 raise CheckpointError(f"{directory}: missing {name} (written by QueryEncoder.save_pretrained)")
-        data = load_json(directory / CONFIG_NAME)
-        if not isinstance(data, dict):
-            raise ConfigError(f"{directory / CONFIG_NAME}: expected a JSON object")
-        data.pop("format_version", None)
+        data = load_config_json(directory / CONFIG_NAME)
         weights = data.pop("weights", "full")
         try:
             config = QueryEncoderConfig.from_dict(data)

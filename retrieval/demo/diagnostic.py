@@ -204,3 +204,20 @@ def synthetic_features(task_dir: str | Path, out_dir: str | Path, dim: int = 48,
         "question_features": _write_h5(out_dir / "questions.h5", q_ids, normalise_rows(np.stack(q_vecs)), None,
                                        {**common, "modality": "text"}),
     }
+
+
+def prepare_training_run(root: str | Path, cfg: DiagnosticTaskConfig) -> list[str]:
+    """Write the task (``root/data``), its synthetic features (``root/feats``) and a tokenizer of its training
+    questions (``root/tok``); return the data flags of ``vlt5r train`` for them (what the diagnostic test and
+    ``benchmarks/bench_diagnostic.py`` train on)."""
+    from vlt5.tokenization import train_tokenizer
+
+    root = Path(root)
+    paths = write_diagnostic_task(root / "data", cfg)
+    feats = synthetic_features(root / "data", root / "feats")
+    questions = [json.loads(line)["question"] for line in paths["train"].read_text().splitlines()]
+    train_tokenizer(questions, root / "tok", 200)
+    return ["--kb", str(paths["kb"]), "--kb-features", str(feats["kb_features"]),
+            "--train-queries", str(paths["train"]), "--dev-queries", str(paths["dev"]),
+            "--test-queries", str(paths["test"]), "--query-features", str(feats["query_features"]),
+            "--question-features", str(feats["question_features"]), "--tokenizer", str(root / "tok")]

@@ -83,7 +83,7 @@ def clip_signature(path: str) -> tuple[int, str | None]:
     try:
         if not len(store):
             raise FeatureFileError(f"{path}: the feature file holds no items")
-        return int(store.get_many(store.ids[:1]).fc.shape[1]), store.attrs.get("backbone_sha256") or None
+        return feature_dims(store)[0], store.attrs.get("backbone_sha256") or None
     finally:
         store.close()
 

@@ -30,6 +30,7 @@ See docs/clip_family.md.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 from collections.abc import Sequence
@@ -92,25 +93,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         final = Path(result.run_dir) / ("best" if result.best_metric is not None else "last")
         print(f"done: {result.global_step} steps; best dev {best}; dev {json.dumps(result.dev)}")
         print(f"model to use: {final}   (ClipFamilyModel.from_pretrained(dir))")
-        if args.export_openai is not None:
-            from clip_family.export import export_openai
-            from clip_family.model import ClipFamilyModel
-
-            path = export_openai(ClipFamilyModel.from_pretrained(final), args.export_openai)
-            print(f"exported OpenAI .pt: {path}   (vlt5r extract --backbone {path})")
-        if args.export_transformers is not None:
-            from clip_family.export_hf import export_transformers
-            from clip_family.model import ClipFamilyModel
-
-            path = export_transformers(ClipFamilyModel.from_pretrained(final), args.export_transformers,
-                                       overwrite=args.overwrite)
-            print(f"exported transformers CLIPModel: {path}   (vlt5r extract --backbone hf:{path})")
-        if args.export_merged is not None:
-            from clip_family.model import ClipFamilyModel
-            from clip_family.peft_towers import merge_adapters
-            from foundations.io import write_dir_atomically
-
-            merged = merge_adapters(ClipFamilyModel.from_pretrained(final))
-            path = write_dir_atomically(args.export_merged, merged.save_pretrained)
-            print(f"exported the merged model: {path}   (ClipFamilyModel.from_pretrained(dir))")
+        if args.export_openai or args.export_transformers or args.export_merged:
+            export(final, args)
     return 0
+
+
+def export(final: Path, args: argparse.Namespace) -> None:
+    """The exports asked for, all from the final model loaded once (merging its adapters comes last: in place)."""
+    from clip_family.model import ClipFamilyModel
+
+    model = ClipFamilyModel.from_pretrained(final)
+    if args.export_openai is not None:
+        from clip_family.export import export_openai
+
+        path = export_openai(model, args.export_openai)
+        print(f"exported OpenAI .pt: {path}   (vlt5r extract --backbone {path})")
+    if args.export_transformers is not None:
+        from clip_family.export_hf import export_transformers
+
+        path = export_transformers(model, args.export_transformers, overwrite=args.overwrite)
+        print(f"exported transformers CLIPModel: {path}   (vlt5r extract --backbone hf:{path})")
+    if args.export_merged is not None:
+        from clip_family.peft_towers import merge_adapters
+        from foundations.io import write_dir_atomically
+
+        path = write_dir_atomically(args.export_merged, merge_adapters(model).save_pretrained)
+        print(f"exported the merged model: {path}   (ClipFamilyModel.from_pretrained(dir))")

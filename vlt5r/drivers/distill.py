@@ -27,8 +27,6 @@ from pathlib import Path
 from foundations.cli import CLIParser, add_config_flags, base_config, command, config_from_flags, setup_logging
 from foundations.errors import UsageError
 
-OWN = ("config", "print_config", "write_english", "evaluate", "overwrite")
-
 
 def build_parser() -> CLIParser:
     from multilingual.config import DistillConfig
@@ -48,9 +46,8 @@ def build_parser() -> CLIParser:
 def parse_config(argv: Sequence[str] | None):  # -> tuple[DistillConfig, argparse.Namespace]
     from multilingual.config import DistillConfig
 
-    args = build_parser().parse_args(argv)
-    flags = {k: v for k, v in vars(args).items() if k not in OWN}
-    return config_from_flags(DistillConfig, flags, base_config(args.config)), args
+    args = build_parser().parse_args(argv)  # config_from_flags leaves out the driver's own flags
+    return config_from_flags(DistillConfig, args, base_config(args.config)), args
 
 
 def write_english(cfg, path: Path, overwrite: bool) -> int:  # cfg: DistillConfig

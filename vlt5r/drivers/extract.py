@@ -21,6 +21,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from feature_extraction.config import DECODERS, DTYPES, PRECISIONS
 from foundations.cli import CLIParser, command, setup_logging
 from foundations.images import DEFAULT_MAX_PIXELS
 
@@ -42,14 +43,17 @@ def build_parser() -> CLIParser:
                    help="DataLoader workers decoding + preprocessing (default: 0 on CPU, min(4, CPUs) on GPU)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: CPUs minus --num-workers, >= 1)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (torchrun: cuda:LOCAL_RANK)")
-    p.add_argument("--dtype", default="float16", choices=["float16", "float32"], help="stored dtype")
-    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"],
+    p.add_argument("--dtype", default="float16", choices=DTYPES, help="stored dtype")
+    p.add_argument("--precision", choices=PRECISIONS,
                    help="the forward's arithmetic (default: fp16 on CUDA, fp32 on CPU; bf16: autocast, fast on CPUs "
                         "with AVX512-BF16/AMX); recorded in the file, appending with another one is refused")
-    p.add_argument("--decode", default="cpu", choices=["cpu", "gpu"],
+    p.add_argument("--decode", default="cpu", choices=DECODERS,
                    help="gpu: decode JPEGs with nvJPEG and resize/crop/normalise on the GPU, in batches (other "
                         "formats and failures fall back to the CPU per file, logged)")
     p.add_argument("--compile", action="store_true", help="torch.compile the image tower (warm-up reported)")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction,
+                   help="channels_last ResNet towers (default: on in bf16/fp16; off in fp32, whose numbers it moves "
+                        "by ~5e-8, so that the default output stays what it was)")
     p.add_argument("--image-size", type=int, help="input size; non-native sizes interpolate positional embeddings")
     p.add_argument("--no-grid", action="store_true", help="store fc only")
     p.add_argument("--num-shards", type=int, help="write contiguous block --shard-id of this many")
@@ -82,6 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         out=args.out, backbone=args.backbone, images=args.images, image_list=args.image_list, texts=args.texts,
         batch_size=args.batch_size, num_workers=args.num_workers, threads=args.threads, device=args.device,
         dtype=args.dtype, precision=args.precision, decode=args.decode, compile=args.compile,
+        channels_last=args.channels_last,
         image_size=args.image_size, grid=not args.no_grid,
         shard=resolve_shard(args.num_shards, args.shard_id), max_pixels=args.max_pixels, chunk_size=args.chunk_size,
         retry_skipped=args.retry_skipped, progress=not args.no_progress)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from foundations.cli import CLIParser, command, setup_logging
 from foundations.errors import UsageError, UserError
-from foundations.io import refuse_overwrite
+from foundations.io import refuse_overwrite, same_file
 
 
 def build_parser() -> CLIParser:
@@ -57,7 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     inputs = [args.input, *([args.articles] if getattr(args, "articles", None) else [])]
     refuse_overwrite(args.out, args.overwrite, inputs=inputs)
     if getattr(args, "kb_out", None) is not None:
-        if args.kb_out.resolve() == args.out.resolve():
+        if same_file(args.kb_out, args.out):
             raise UsageError(f"--kb-out {args.kb_out} is also --out")
         refuse_overwrite(args.kb_out, args.overwrite, "--kb-out", inputs=inputs)
     from retrieval.formats import KBEntry, Query

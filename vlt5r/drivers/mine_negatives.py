@@ -43,9 +43,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.top < 1:
         raise UsageError(f"--top must be >= 1, got {args.top}")
-    if args.out.resolve() == args.queries.resolve():
-        raise UsageError("--out must differ from --queries (the input is read while writing)")
-    refuse_overwrite(args.out, args.overwrite)
+    inputs = [args.queries, args.kb, args.kb_features, args.kb_text_features, args.query_features,
+              args.question_features]
+    refuse_overwrite(args.out, args.overwrite, inputs=[p for p in inputs if p])
     setup_logging(quiet=True)
     from feature_extraction.readers import open_features as open_feature_file
     from retrieval.mining import mine_queries, write_mined
