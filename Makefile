@@ -24,15 +24,19 @@ $(BROWSER): scripts/install_browser.sh $(STAMP)
 	bash scripts/install_browser.sh
 	touch $(BROWSER)
 
-test: $(STAMP) $(BROWSER)
-	$(PY) -m pytest -q -m 'not heavy'
+# Two pytest-xdist workers on 2 cores (tests run their torch ops on 1-2 threads; up to 4 workers on bigger machines).
+XDIST := -n auto --maxprocesses 4
 
-# Learning proofs of several minutes (multilingual distillation): kept out of `make test`'s 10-minute budget.
+test: $(STAMP) $(BROWSER)
+	$(PY) -m pytest -q $(XDIST) -m 'not heavy'
+
+# The learning proofs of minutes each (the joint encoder uses the question, NegCLIP learns composition, the mCLIP
+# student reaches its teacher): kept out of `make test`'s 10-minute budget.
 test-heavy: $(STAMP)
-	$(PY) -m pytest -q -m heavy
+	$(PY) -m pytest -q $(XDIST) -m heavy
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m 'not slow'
+	$(PY) -m pytest -q $(XDIST) -m 'not slow'
 
 # Only the tests marked `gpu` (fp16 extraction, GPU faiss, GradScaler, NCCL); they skip cleanly without CUDA.
 test-gpu: $(STAMP)

@@ -67,7 +67,8 @@ def test_old_entry_points_reach_the_drivers(cmd: list[str], tmp_path: Path) -> N
     assert proc.stdout.startswith("usage: vlt5r ") and "examples:" in proc.stdout
 
 
-def test_exit_codes_and_one_line_errors(tmp_path: Path) -> None:
+def test_exit_codes_and_one_line_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """In-process through ``vlt5r.main.main`` (the first case also in a fresh process: the real entry point)."""
     cases = [  # (argv, exit code, text in the one error line)
         (["extract", "--images", str(tmp_path), "--out", str(tmp_path / "x.h5"), "--bogus"], 2, "unrecognized"),
         (["build-index", "--features", str(tmp_path / "missing.h5"), "--out", str(tmp_path / "ix")], 1,
@@ -96,11 +97,16 @@ def test_exit_codes_and_one_line_errors(tmp_path: Path) -> None:
          2, "expected NAME=DATA"),
         (["distill", "--write-english", str(tmp_path / "en.jsonl")], 2, "--write-english needs --train-data"),
     ]
-    for argv, code, text in cases:
-        proc = run([sys.executable, "-m", "vlt5r", *argv], cwd=tmp_path)
-        assert proc.returncode == code, (argv, proc.stderr)
-        lines = proc.stderr.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith("error: ") and text in lines[0], (argv, proc.stderr)
+    proc = run([sys.executable, "-m", "vlt5r", *cases[0][0]], cwd=tmp_path)
+    outcomes = [(cases[0], proc.returncode, proc.stderr)]
+    for case in cases:
+        capsys.readouterr()
+        returned = main(list(case[0]))
+        outcomes.append((case, returned, capsys.readouterr().err))
+    for (argv, code, text), returned, stderr in outcomes:
+        assert returned == code, (argv, stderr)
+        lines = stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: ") and text in lines[0], (argv, stderr)
     assert not (tmp_path / "run").exists() and not (tmp_path / "rep").exists()  # nothing written on a user error
 
 

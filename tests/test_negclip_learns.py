@@ -29,6 +29,7 @@ def dev(run: Path) -> dict[str, float]:
 
 
 @pytest.mark.slow
+@pytest.mark.heavy  # `make test-heavy`: a learning proof of minutes on 2 cores, outside `make test`'s budget
 def test_negclip_finetuning_learns_composition(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                capsys: pytest.CaptureFixture[str]) -> None:
     from evaluation import perturb

@@ -92,6 +92,7 @@ def test_diagnostic_task_needs_the_question(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.heavy  # `make test-heavy`: a learning proof of minutes on 2 cores, outside `make test`'s budget
 def test_the_joint_encoder_uses_the_question_on_the_diagnostic_task(tmp_path: Path) -> None:
     """The shipped random-init recipe (configs/joint_random_small.json, as scripts/train_joint_encoder.sh runs it)
     on the mixed diagnostic task (held-out test split, 600 steps): >= 1.3x the better CLIP baseline, >= 0.95x the
