@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import json
 import logging
 import sys
 import typing
@@ -176,3 +177,13 @@ def config_from_flags(cls: type[T], args: argparse.Namespace | dict[str, Any],
         return from_dict(cls, merged, "flags")
     except ConfigError as exc:
         raise UsageError(one_line(exc)) from None
+
+
+def start_training_command(cfg: Any, print_only: bool, main_process: bool) -> bool:
+    """The start a trainer's driver shares: with ``--print-config`` print the resolved config and return True (the
+    command is done); otherwise set up logging (INFO on the main process only) and return False."""
+    if print_only:
+        print(json.dumps(cfg.to_dict(), indent=2))
+        return True
+    setup_logging(main_process=main_process)
+    return False

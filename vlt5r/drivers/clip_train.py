@@ -36,7 +36,8 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from foundations.cli import CLIParser, add_config_flags, command, base_config, config_from_flags, setup_logging
+from foundations.cli import (CLIParser, add_config_flags, command, base_config, config_from_flags,
+                             start_training_command)
 
 
 def build_parser() -> CLIParser:
@@ -59,20 +60,16 @@ def build_parser() -> CLIParser:
 def parse_config(argv: Sequence[str] | None):  # -> tuple[ClipTrainConfig, argparse.Namespace]
     from clip_family.training import ClipTrainConfig
 
-    args = build_parser().parse_args(argv)
-    drivers_own = ("config", "print_config", "export_openai", "export_transformers", "export_merged", "overwrite")
-    flags = {k: v for k, v in vars(args).items() if k not in drivers_own}
-    return config_from_flags(ClipTrainConfig, flags, base_config(args.config)), args
+    args = build_parser().parse_args(argv)  # config_from_flags leaves out the driver's own flags
+    return config_from_flags(ClipTrainConfig, args, base_config(args.config)), args
 
 
 @command
 def main(argv: Sequence[str] | None = None) -> int:
     main_process = os.environ.get("RANK", "0") == "0"
     cfg, args = parse_config(argv)
-    if args.print_config:
-        print(json.dumps(cfg.to_dict(), indent=2))
+    if start_training_command(cfg, args.print_config, main_process):
         return 0
-    setup_logging(main_process=main_process)
     from foundations.io import refuse_overwrite
 
     for flag, path in (("--export-openai", args.export_openai), ("--export-transformers", args.export_transformers),

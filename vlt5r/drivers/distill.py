@@ -24,7 +24,8 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from foundations.cli import CLIParser, add_config_flags, base_config, command, config_from_flags, setup_logging
+from foundations.cli import (CLIParser, add_config_flags, base_config, command, config_from_flags,
+                             start_training_command)
 from foundations.errors import UsageError
 
 
@@ -95,10 +96,8 @@ def evaluate_only(cfg, directory: Path) -> int:  # cfg: DistillConfig
 def main(argv: Sequence[str] | None = None) -> int:
     main_process = os.environ.get("RANK", "0") == "0"
     cfg, args = parse_config(argv)
-    if args.print_config:
-        print(json.dumps(cfg.to_dict(), indent=2))
+    if start_training_command(cfg, args.print_config, main_process):
         return 0
-    setup_logging(main_process=main_process)
     if args.write_english is not None:
         return write_english(cfg, args.write_english, args.overwrite)
     if args.evaluate is not None:

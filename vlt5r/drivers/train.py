@@ -16,12 +16,12 @@ docs/training.md. Same as `python -m retrieval.train` and `bash scripts/train_jo
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from foundations.cli import CLIParser, add_config_flags, base_config, command, config_from_flags, setup_logging
+from foundations.cli import (CLIParser, add_config_flags, base_config, command, config_from_flags,
+                             start_training_command)
 
 
 def build_parser() -> CLIParser:
@@ -38,9 +38,8 @@ def parse_config(argv: Sequence[str] | None):  # -> tuple[TrainConfig, bool]
     """(the resolved config, whether --print-config was given); a mistake raises UsageError."""
     from retrieval.training.config import TrainConfig
 
-    args = build_parser().parse_args(argv)
-    flags = {k: v for k, v in vars(args).items() if k not in ("config", "print_config")}
-    return config_from_flags(TrainConfig, flags, base_config(args.config)), args.print_config
+    args = build_parser().parse_args(argv)  # config_from_flags leaves out the driver's own flags
+    return config_from_flags(TrainConfig, args, base_config(args.config)), args.print_config
 
 
 def describe_outputs(out: str, tensorboard: bool) -> str:
@@ -58,11 +57,9 @@ def describe_outputs(out: str, tensorboard: bool) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     main_process = os.environ.get("RANK", "0") == "0"
     cfg, print_only = parse_config(argv)
-    if print_only:
-        print(json.dumps(cfg.to_dict(), indent=2))
+    if start_training_command(cfg, print_only, main_process):
         return 0
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    setup_logging(main_process=main_process)
     from foundations.io import check_writable_dir
 
     check_writable_dir(cfg.loop.out)  # before the data and the model are loaded
