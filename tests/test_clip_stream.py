@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
+from train_helpers import free_port
 
 from clip_family.data import count_samples, rank_shards, read_webdataset
 from clip_family.digits import NAMES, write_digits_folders
@@ -196,7 +197,7 @@ def test_ddp_two_ranks_stream_uneven_shards_to_the_end(tmp_path: Path, shards: P
              "--no-save-init", "--shuffle-buffer", "4"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
     ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                          "29643", "-m", "vlt5r", "clip-train", *flags, "--out", str(tmp_path / "two")],
+                          str(free_port()), "-m", "vlt5r", "clip-train", *flags, "--out", str(tmp_path / "two")],
                          env=env, capture_output=True, text=True, timeout=300)
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     state = json.loads((tmp_path / "two/last/trainer_state.json").read_text())

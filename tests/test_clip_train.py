@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from train_helpers import free_port
 
 from clip_family.data import open_dataset
 from clip_family.digits import NAMES, digits_config, write_digits_folders
@@ -192,7 +193,7 @@ def test_ddp_two_process_first_step_equals_single_process(tmp_path: Path, small:
                             env=env, capture_output=True, text=True, timeout=300)
     assert single.returncode == 0, single.stderr[-2000:]
     ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                          "29641", "-m", "vlt5r", "clip-train", *flags, "--out", str(tmp_path / "two")],
+                          str(free_port()), "-m", "vlt5r", "clip-train", *flags, "--out", str(tmp_path / "two")],
                          env=env, capture_output=True, text=True, timeout=300)
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     a, b = weights(tmp_path / "one/last"), weights(tmp_path / "two/last")

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 from torch import Tensor, nn
+from train_helpers import free_port
 
 from clip_family.config import tiny_config
 from clip_family.data import open_dataset
@@ -123,7 +124,7 @@ def test_ddp_with_accum_freq_equals_the_single_process_whole_batch(tmp_path: Pat
                              str(tmp_path / "one")], env=env, capture_output=True, text=True, timeout=300)
     assert single.returncode == 0, single.stderr[-2000:]
     ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                          "29643", "-m", "vlt5r", "clip-train", *flags, "--accum-freq", "2", "--parallel", "ddp",
+                          str(free_port()), "-m", "vlt5r", "clip-train", *flags, "--accum-freq", "2", "--parallel", "ddp",
                           "--out", str(tmp_path / "two")], env=env, capture_output=True, text=True, timeout=300)
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     a, b = weights(tmp_path / "one/last"), weights(tmp_path / "two/last")

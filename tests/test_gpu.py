@@ -7,7 +7,6 @@ tests/test_index_gpu.py."""
 from __future__ import annotations
 
 import logging
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +15,7 @@ import torch
 from helpers_extract import extract_with, read_all
 from PIL import Image
 from torch import nn
+from train_helpers import free_port
 
 from feature_extraction.backbone_base import CLIP_STD, ClipTensorTransform, clip_transform
 from feature_extraction.backbones import load_backbone
@@ -142,19 +142,13 @@ def test_gradscaler_fp16_step_is_finite_and_updates_weights() -> None:
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_one_process_nccl_ddp_step(monkeypatch: pytest.MonkeyPatch) -> None:
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     if not dist.is_nccl_available():
         pytest.skip("this torch build has no NCCL")
-    for key, value in {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "RANK": "0",
+    for key, value in {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "RANK": "0",
                        "WORLD_SIZE": "1", "LOCAL_RANK": "0"}.items():
         monkeypatch.setenv(key, value)
     dist.init_process_group("nccl", init_method="env://")

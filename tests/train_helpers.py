@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -65,6 +66,14 @@ def train_args(paths: dict[str, Path], out: Path, *extra: str) -> list[str]:
             "--no-tensorboard", "--out", str(out), *extra]
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago: torchrun's --master_port (tests run in parallel workers,
+    so a fixed port collides)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 def run_train(args: list[str], env: dict[str, str] | None = None, timeout: float = 300,
               torchrun: int | None = None, command: str = "train") -> subprocess.CompletedProcess:
     """``python -m vlt5r COMMAND ARGS`` (``train`` by default; or under ``torchrun --nproc_per_node N``) in a fresh
@@ -73,7 +82,7 @@ def run_train(args: list[str], env: dict[str, str] | None = None, timeout: float
                 **(env or {})}
     if torchrun:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(torchrun), "--master_port",
-               str(29500 + os.getpid() % 1000), "-m", "vlt5r", command, *args]
+               str(free_port()), "-m", "vlt5r", command, *args]
     else:
         cmd = [sys.executable, "-m", "vlt5r", command, *args]
     return subprocess.run(cmd, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=timeout)
