@@ -7,7 +7,8 @@
 * :func:`add_config_flags` / :func:`config_from_flags` — every leaf field of a nested typed dataclass config as a
   flag, twice: ``--section.sub.name`` and the plain ``--name-with-dashes`` (plain names must be unique).
   Booleans take ``--flag`` / ``--no-flag``; tuples take several values; ``none`` clears an optional field. Only
-  flags given on the command line override the base config.
+  flags given on the command line override the base config; a driver's own flags (not config fields) are left out.
+* :func:`start_training_command` — the trainers' shared start: ``--print-config``, or logging for this rank.
 """
 
 from __future__ import annotations
